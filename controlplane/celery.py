@@ -1,0 +1,98 @@
+"""The Celery app: queue names, routes and the one beat schedule."""
+
+import logging
+import os
+import threading
+from enum import StrEnum
+
+from celery import Celery, signals
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings.dev")
+logger = logging.getLogger(__name__)
+
+
+class QueueName(StrEnum):
+    DEFAULT = "default"
+    GPU = "gpu"
+    MONITORING = "monitoring"
+
+
+def host_queue(hostname: str) -> str:
+    """Queue served by one GPU worker host only; the dispatcher sends a job there when that host has room."""
+    return f"{QueueName.GPU}.{hostname}"
+
+
+app = Celery("controlplane")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_default_queue = QueueName.DEFAULT
+app.conf.task_queues = [Queue(name) for name in QueueName]
+app.conf.task_routes = {
+    "apps.core.tasks.job_device_check": {"queue": QueueName.GPU},
+    "apps.core.tasks.jobs_dispatch_waiting": {"queue": QueueName.DEFAULT},
+    "apps.core.tasks.workers_mark_stale": {"queue": QueueName.MONITORING},
+}
+
+# The whole beat schedule. Each entry expires so a backlog after an outage does not pile up.
+app.conf.beat_schedule = {
+    "dispatch-waiting-jobs": {
+        "task": "apps.core.tasks.jobs_dispatch_waiting",
+        "schedule": 10.0,
+        "options": {"expires": 9},
+    },
+    "mark-stale-workers": {
+        "task": "apps.core.tasks.workers_mark_stale",
+        "schedule": 30.0,
+        "options": {"expires": 29},
+    },
+}
+app.autodiscover_tasks()
+
+
+# Worker heartbeat: every worker reports its queues and devices so jobs can be placed where they fit.
+_heartbeat_stop = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender, **_):
+    from django.utils import timezone
+
+    hostname = sender.hostname
+    queues = [queue.name for queue in sender.task_consumer.queues]
+    started_at = timezone.now()
+
+    def beat():
+        from django.db import close_old_connections
+
+        from apps.core.fleet import worker_heartbeat
+        from apps.core.jobs import jobs_dispatch_waiting
+        from workers.devices import discover_devices
+
+        while not _heartbeat_stop.is_set():
+            try:
+                close_old_connections()
+                worker_heartbeat(hostname=hostname, queues=queues, devices=discover_devices(), pid=os.getpid(),
+                                 started_at=started_at)
+                jobs_dispatch_waiting()
+            except Exception:
+                logger.warning("heartbeat failed", exc_info=True)
+            _heartbeat_stop.wait(_heartbeat_seconds())
+
+    threading.Thread(target=beat, name="controlplane-heartbeat", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(sender, **_):
+    _heartbeat_stop.set()
+    try:
+        from apps.core.fleet import worker_stopped
+
+        worker_stopped(hostname=sender.hostname)
+    except Exception:
+        logger.warning("could not record worker shutdown", exc_info=True)
+
+
+def _heartbeat_seconds() -> int:
+    from django.conf import settings
+
+    return settings.WORKER_HEARTBEAT_SECONDS
