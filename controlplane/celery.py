@@ -6,7 +6,6 @@ import threading
 from enum import StrEnum
 
 from celery import Celery, signals
-from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings.dev")
 logger = logging.getLogger(__name__)
@@ -25,12 +24,12 @@ def host_queue(hostname: str) -> str:
 
 app = Celery("controlplane")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_default_queue = QueueName.DEFAULT
-app.conf.task_queues = [Queue(name) for name in QueueName]
+# Queues are created on demand (exchange and routing key = queue name), host queues included.
+app.conf.task_default_queue = QueueName.DEFAULT.value
 app.conf.task_routes = {
-    "apps.core.tasks.job_device_check": {"queue": QueueName.GPU},
-    "apps.core.tasks.jobs_dispatch_waiting": {"queue": QueueName.DEFAULT},
-    "apps.core.tasks.workers_mark_stale": {"queue": QueueName.MONITORING},
+    "apps.core.tasks.job_device_check": {"queue": QueueName.GPU.value},
+    "apps.core.tasks.jobs_dispatch_waiting": {"queue": QueueName.DEFAULT.value},
+    "apps.core.tasks.workers_mark_stale": {"queue": QueueName.MONITORING.value},
 }
 
 # The whole beat schedule. Each entry expires so a backlog after an outage does not pile up.
@@ -71,8 +70,9 @@ def _start_heartbeat(sender, **_):
         while not _heartbeat_stop.is_set():
             try:
                 close_old_connections()
-                worker_heartbeat(hostname=hostname, queues=queues, devices=discover_devices(), pid=os.getpid(),
-                                 started_at=started_at)
+                worker_heartbeat(
+                    hostname=hostname, queues=queues, devices=discover_devices(), pid=os.getpid(), started_at=started_at
+                )
                 jobs_dispatch_waiting()
             except Exception:
                 logger.warning("heartbeat failed", exc_info=True)

@@ -58,8 +58,9 @@ class Postgres:
         self.run_as = PG_SYSTEM_USER if os.geteuid() == 0 else None
 
     def _run(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.bin / args[0]), *args[1:]], user=self.run_as, check=True,
-                              capture_output=True, text=True, **kwargs)
+        return subprocess.run(
+            [str(self.bin / args[0]), *args[1:]], user=self.run_as, check=True, capture_output=True, text=True, **kwargs
+        )
 
     def _prepare_permissions(self) -> None:
         import stat
@@ -89,16 +90,28 @@ class Postgres:
         if self.run_as:
             self._prepare_permissions()
         if not (self.data_dir / "PG_VERSION").exists():
-            self._run("initdb", "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8", "--locale=C",
-                      "-U", "postgres")
+            self._run(
+                "initdb", "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres"
+            )
         self.port = self.running_port()
         if self.port is None:
             self.port = free_port()
             options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c max_connections=300"
             if not self.durable:  # throwaway test data: skip fsync for speed
                 options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "-l", str(self.data_dir / "server.log"),
-                      "-o", options, "start")
+            self._run(
+                "pg_ctl",
+                "-D",
+                str(self.data_dir),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.data_dir / "server.log"),
+                "-o",
+                options,
+                "start",
+            )
         for name in DATABASES:
             self._ensure_database(name)
         # New databases (the test database included) are copied from template1, so they get pgvector too.
@@ -109,8 +122,23 @@ class Postgres:
         return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
 
     def psql(self, database: str, sql: str) -> str:
-        return self._run("psql", "-X", "-q", "-t", "-A", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                         "-d", database, "-c", sql).stdout.strip()
+        return self._run(
+            "psql",
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-c",
+            sql,
+        ).stdout.strip()
 
     def _ensure_database(self, name: str) -> None:
         if not self.psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
@@ -141,11 +169,25 @@ class Redis:
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        persistence = ["--appendonly", "yes", "--save", "60 1"] if self.persistent else ["--save", "", "--appendonly", "no"]
+        persistence = (
+            ["--appendonly", "yes", "--save", "60 1"] if self.persistent else ["--save", "", "--appendonly", "no"]
+        )
         self.process = subprocess.Popen(
-            [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--protected-mode", "no", *persistence],
-            stdout=open(self.data_dir / "redis.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                self.binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--protected-mode",
+                "no",
+                *persistence,
+            ],
+            stdout=open(self.data_dir / "redis.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_for_port(self.port)
         return self.url()
@@ -207,10 +249,18 @@ def command_run() -> int:
     bin_dir = Path(sys.executable).parent
     hostname = socket.gethostname()
     with services(DEVSTACK_DIR, persistent=True) as stack_env:
-        env = {**os.environ, **stack_env, "DJANGO_SETTINGS_MODULE": "controlplane.settings.dev",
-               "SECRET_KEY": os.environ.get("SECRET_KEY", _secret_key()), "PYTHONUNBUFFERED": "1"}
-        (DEVSTACK_DIR / "env").write_text("".join(f"export {k}={v}\n" for k, v in env.items() if k in {
-            *stack_env, "DJANGO_SETTINGS_MODULE", "SECRET_KEY"}))
+        env = {
+            **os.environ,
+            **stack_env,
+            "DJANGO_SETTINGS_MODULE": "controlplane.settings.dev",
+            "SECRET_KEY": os.environ.get("SECRET_KEY", _secret_key()),
+            "PYTHONUNBUFFERED": "1",
+        }
+        (DEVSTACK_DIR / "env").write_text(
+            "".join(
+                f"export {k}={v}\n" for k, v in env.items() if k in {*stack_env, "DJANGO_SETTINGS_MODULE", "SECRET_KEY"}
+            )
+        )
         manage("migrate", "--noinput", env=env)
         manage("ensure_admin", env=env)
         manage("seed_demo", env=env)
@@ -219,14 +269,56 @@ def command_run() -> int:
         logs = DEVSTACK_DIR / "logs"
         logs.mkdir(exist_ok=True)
         commands = {
-            "web": [str(bin_dir / "uvicorn"), "controlplane.asgi:application", "--host", "127.0.0.1", "--port", port,
-                    "--ws", "websockets", "--lifespan", "off"],
-            "worker": [str(bin_dir / "celery"), "-A", "controlplane", "worker", "-n", f"default@{hostname}",
-                       "-Q", f"{QueueName.DEFAULT},{QueueName.MONITORING}", "--concurrency", "2", "-l", "INFO"],
-            "gpu-worker": [str(bin_dir / "celery"), "-A", "controlplane", "worker", "-n", f"gpu@{hostname}",
-                           "-Q", f"{QueueName.GPU},{host_queue(hostname)}", "--concurrency", "1", "-l", "INFO"],
-            "beat": [str(bin_dir / "celery"), "-A", "controlplane", "beat", "-l", "INFO",
-                     "--schedule", str(DEVSTACK_DIR / "celerybeat-schedule")],
+            "web": [
+                str(bin_dir / "uvicorn"),
+                "controlplane.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                port,
+                "--ws",
+                "websockets",
+                "--lifespan",
+                "off",
+            ],
+            "worker": [
+                str(bin_dir / "celery"),
+                "-A",
+                "controlplane",
+                "worker",
+                "-n",
+                f"default@{hostname}",
+                "-Q",
+                f"{QueueName.DEFAULT},{QueueName.MONITORING}",
+                "--concurrency",
+                "2",
+                "-l",
+                "INFO",
+            ],
+            "gpu-worker": [
+                str(bin_dir / "celery"),
+                "-A",
+                "controlplane",
+                "worker",
+                "-n",
+                f"gpu@{hostname}",
+                "-Q",
+                f"{QueueName.GPU},{host_queue(hostname)}",
+                "--concurrency",
+                "1",
+                "-l",
+                "INFO",
+            ],
+            "beat": [
+                str(bin_dir / "celery"),
+                "-A",
+                "controlplane",
+                "beat",
+                "-l",
+                "INFO",
+                "--schedule",
+                str(DEVSTACK_DIR / "celerybeat-schedule"),
+            ],
         }
         processes: dict[str, subprocess.Popen] = {}
         stopping = False
@@ -239,8 +331,14 @@ def command_run() -> int:
         signal.signal(signal.SIGTERM, stop)
         try:
             for name, command in commands.items():
-                processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
-                                                   stdout=open(logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
+                processes[name] = subprocess.Popen(
+                    command,
+                    cwd=ROOT,
+                    env=env,
+                    start_new_session=True,
+                    stdout=open(logs / f"{name}.log", "ab"),
+                    stderr=subprocess.STDOUT,
+                )
             wait_for_port(int(port), timeout=60)
             print(f"\n  Control plane: http://127.0.0.1:{port}/   (API docs: http://127.0.0.1:{port}/api/docs/)")
             print("  Login: admin (password printed above on first run, or CONTROLPLANE_ADMIN_PASSWORD)")
@@ -279,7 +377,11 @@ def command_test(pytest_args: list[str]) -> int:
     with throwaway_env("controlplane.settings.test") as env:
         manage("check", env=env)
         manage("makemigrations", "--check", "--dry-run", env=env)
-        prod_env = {**env, "DJANGO_SETTINGS_MODULE": "controlplane.settings.prod", "SECRET_KEY": secrets.token_urlsafe(50)}
+        prod_env = {
+            **env,
+            "DJANGO_SETTINGS_MODULE": "controlplane.settings.prod",
+            "SECRET_KEY": secrets.token_urlsafe(50),
+        }
         manage("check", "--deploy", "--fail-level", "WARNING", env=prod_env)
         if python("-m", "ruff", "check", ".", env=env).returncode:
             return 1

@@ -31,10 +31,15 @@ def _cuda_devices_nvml() -> list[dict] | None:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             name = pynvml.nvmlDeviceGetName(handle)
-            devices.append({
-                "index": index, "kind": "cuda", "name": name.decode() if isinstance(name, bytes) else name,
-                "total_mb": memory.total // MB, "free_mb": memory.free // MB,
-            })
+            devices.append(
+                {
+                    "index": index,
+                    "kind": "cuda",
+                    "name": name.decode() if isinstance(name, bytes) else name,
+                    "total_mb": memory.total // MB,
+                    "free_mb": memory.free // MB,
+                }
+            )
         return devices
     finally:
         pynvml.nvmlShutdown()
@@ -46,14 +51,19 @@ def _cuda_devices_smi() -> list[dict] | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=index,name,memory.total,memory.free", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (subprocess.SubprocessError, OSError):
         return None
     devices = []
     for line in out.strip().splitlines():
         index, name, total, free = (part.strip() for part in line.split(","))
-        devices.append({"index": int(index), "kind": "cuda", "name": name, "total_mb": int(total), "free_mb": int(free)})
+        devices.append(
+            {"index": int(index), "kind": "cuda", "name": name, "total_mb": int(total), "free_mb": int(free)}
+        )
     return devices
 
 
@@ -62,8 +72,12 @@ def _cpu_device() -> dict:
 
     memory = psutil.virtual_memory()
     return {
-        "index": 0, "kind": "cpu", "name": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-        "total_mb": memory.total // MB, "free_mb": memory.available // MB,
+        "index": 0,
+        "kind": "cpu",
+        "name": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "total_mb": memory.total // MB,
+        "free_mb": memory.available // MB,
     }
 
 

@@ -1,6 +1,17 @@
 from django.contrib import admin
 
-from .models import ApiToken, AuditEvent, Job, Membership, ObjectGrant, Organization, Project, ServiceAccount, Team, Worker
+from .models import (
+    ApiToken,
+    AuditEvent,
+    Job,
+    Membership,
+    ObjectGrant,
+    Organization,
+    Project,
+    ServiceAccount,
+    Team,
+    Worker,
+)
 
 
 @admin.register(Organization)

@@ -1,5 +1,6 @@
 """Bearer token authentication for the API. The token travels with the user so permissions can narrow to it."""
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from .services import api_token_authenticate
@@ -27,3 +28,13 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return self.keyword
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    """Documents the bearer tokens in the OpenAPI schema (registered by being defined)."""
+
+    target_class = BearerTokenAuthentication
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "An API token: `Authorization: Bearer cpt_...`."}

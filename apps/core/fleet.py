@@ -15,8 +15,14 @@ def worker_heartbeat(
     now = timezone.now()
     worker, _ = Worker.objects.update_or_create(
         hostname=hostname,
-        defaults={"queues": sorted(queues), "devices": devices, "pid": pid, "started_at": started_at,
-                  "last_seen_at": now, "stopped_at": None},
+        defaults={
+            "queues": sorted(queues),
+            "devices": devices,
+            "pid": pid,
+            "started_at": started_at,
+            "last_seen_at": now,
+            "stopped_at": None,
+        },
     )
     return worker
 

@@ -63,9 +63,16 @@ def project_group(project_id) -> str:
 
 def job_payload(job: Job) -> dict[str, Any]:
     return {
-        "id": str(job.id), "project": job.project_id, "job_type": job.job_type, "status": job.status,
-        "progress": job.progress, "message": job.message, "error": job.error, "result": job.result,
-        "worker": job.worker, "updated_at": job.updated_at.isoformat() if job.updated_at else None,
+        "id": str(job.id),
+        "project": job.project_id,
+        "job_type": job.job_type,
+        "status": job.status,
+        "progress": job.progress,
+        "message": job.message,
+        "error": job.error,
+        "result": job.result,
+        "worker": job.worker,
+        "updated_at": job.updated_at.isoformat() if job.updated_at else None,
     }
 
 
@@ -99,8 +106,13 @@ def job_create(*, user, project: Project, job_type: str, params: dict | None = N
     if gpu_memory_mb < 0 or gpu_memory_mb > 10_000_000:
         raise ValidationError("gpu_memory_mb must be between 0 and 10000000.")
     job = Job.objects.create(
-        project=project, job_type=job_type, params=params or {}, queue=kind.queue, gpu_memory_mb=gpu_memory_mb,
-        created_by=user if getattr(user, "is_authenticated", False) else None, message="queued",
+        project=project,
+        job_type=job_type,
+        params=params or {},
+        queue=kind.queue,
+        gpu_memory_mb=gpu_memory_mb,
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+        message="queued",
     )
     audit_record(actor=user, action="job.create", obj=job, after=snapshot(job, ["job_type", "params", "gpu_memory_mb"]))
     transaction.on_commit(lambda: job_dispatch(job.id))
@@ -124,8 +136,10 @@ def choose_gpu_worker(gpu_memory_mb: int) -> tuple[Worker | None, str]:
         return None, f"waiting: needs {_gb(gpu_memory_mb)} free GPU memory; no live GPU worker"
     best = max(candidates, key=lambda w: w.largest_free_gpu_mb)
     if best.largest_free_gpu_mb < gpu_memory_mb:
-        return None, (f"waiting: needs {_gb(gpu_memory_mb)} free GPU memory; the largest free is "
-                      f"{_gb(best.largest_free_gpu_mb)} on {best.hostname}")
+        return None, (
+            f"waiting: needs {_gb(gpu_memory_mb)} free GPU memory; the largest free is "
+            f"{_gb(best.largest_free_gpu_mb)} on {best.hostname}"
+        )
     return best, ""
 
 
@@ -155,7 +169,10 @@ def job_dispatch(job_id) -> Job | None:
 
 
 def jobs_dispatch_waiting() -> int:
-    """Dispatch every queued job that has not been sent yet; returns how many were sent."""
+    """Dispatch queued jobs not sent yet, and re-send those whose message has sat unclaimed for too long
+    (a broker restart without persistence loses it). A superseded message is ignored when it runs."""
+    stale = timezone.now() - timedelta(seconds=settings.JOB_REDISPATCH_SECONDS)
+    Job.objects.filter(status=JobStatus.QUEUED, updated_at__lt=stale).exclude(task_id="").update(task_id="")
     sent = 0
     for job_id in Job.objects.filter(status=JobStatus.QUEUED, task_id="").values_list("pk", flat=True)[:500]:
         job = job_dispatch(job_id)
@@ -224,9 +241,12 @@ class JobCancelled(Exception):
 
 
 def _start(job_id: str) -> Job | None:
+    task_id = current_task.request.id if current_task else None
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(pk=job_id).first()
         if job is None or job.is_finished:  # redelivered after completion, or cancelled: nothing to do
+            return None
+        if task_id and job.task_id and task_id != job.task_id:  # a superseded message after a re-dispatch
             return None
         job.status = JobStatus.RUNNING
         job.attempts += 1
@@ -266,8 +286,12 @@ def job_task(func: Callable[[JobContext], Any]) -> Callable[[str], None]:
         except JobError as exc:
             _finish(job, status=JobStatus.FAILED, message="failed", error=str(exc))
         except SoftTimeLimitExceeded:
-            _finish(job, status=JobStatus.FAILED, message="failed",
-                    error=f"Timed out after {settings.CELERY_TASK_SOFT_TIME_LIMIT} s.")
+            _finish(
+                job,
+                status=JobStatus.FAILED,
+                message="failed",
+                error=f"Timed out after {settings.CELERY_TASK_SOFT_TIME_LIMIT} s.",
+            )
         except Exception as exc:
             logger.exception("Job %s failed", job_id)
             _finish(job, status=JobStatus.FAILED, message="failed", error=f"{type(exc).__name__}: {exc}")

@@ -65,8 +65,12 @@ class ApiErrorMiddleware:
         if isinstance(exception, SuspiciousOperation | BadRequest):
             return api_error(400, "bad_request", "The request is malformed.")
         logger.exception("Unhandled error on %s %s", request.method, request.path)
-        return api_error(500, "server_error", "An internal error occurred; it has been logged.",
-                         {"request_id": getattr(request, "request_id", "")})
+        return api_error(
+            500,
+            "server_error",
+            "An internal error occurred; it has been logged.",
+            {"request_id": getattr(request, "request_id", "")},
+        )
 
 
 def _is_json(response) -> bool:
@@ -74,6 +78,12 @@ def _is_json(response) -> bool:
 
 
 def _code_for(status: int) -> str:
-    return {400: "bad_request", 401: "not_authenticated", 403: "permission_denied", 404: "not_found",
-            405: "method_not_allowed", 413: "payload_too_large", 429: "throttled"}.get(status, "server_error" if
-                                                                                     status >= 500 else "error")
+    return {
+        400: "bad_request",
+        401: "not_authenticated",
+        403: "permission_denied",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        429: "throttled",
+    }.get(status, "server_error" if status >= 500 else "error")

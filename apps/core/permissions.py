@@ -60,15 +60,16 @@ def _token(user) -> ApiToken | None:
     return getattr(user, "api_token", None)
 
 
+def token_scopes_granted(token: ApiToken) -> set[str]:
+    """The scopes a token holds, with the ones its scopes imply (admin implies write implies read)."""
+    implied = {TokenScope.ADMIN: {"admin", "write", "read"}, TokenScope.WRITE: {"write", "read"}}
+    return set().union(*(implied.get(TokenScope(s), {s}) for s in token.scopes if s in TokenScope.values))
+
+
 def token_allows(token: ApiToken | None, action: Action) -> bool:
     if token is None:
         return True
-    scopes = set(token.scopes)
-    needed = ACTION_SCOPE[Action(action)]
-    # admin implies write implies read
-    implied = {TokenScope.ADMIN: {"admin", "write", "read"}, TokenScope.WRITE: {"write", "read"}}
-    granted = set().union(*(implied.get(TokenScope(s), {s}) for s in scopes if s in TokenScope.values)) if scopes else set()
-    return needed in granted
+    return ACTION_SCOPE[Action(action)] in token_scopes_granted(token)
 
 
 def _roles_at_least(role: Role) -> list[str]:
@@ -104,17 +105,19 @@ def role_on_project(user, project: Project) -> Role | None:
         return None
     if user.is_superuser or project.organization.owners.filter(pk=user.pk).exists():
         return Role.ADMIN
-    roles = Membership.objects.filter(project=project).filter(Q(user=user) | Q(team__members=user)).values_list(
-        "role", flat=True
+    roles = (
+        Membership.objects.filter(project=project)
+        .filter(Q(user=user) | Q(team__members=user))
+        .values_list("role", flat=True)
     )
     return max(roles, key=Role.rank, default=None)
 
 
 def _grants(user, model: type[Model], action: Action) -> QuerySet:
     roles = _roles_at_least(ACTION_MIN_ROLE[action])
-    grants = ObjectGrant.objects.filter(
-        content_type=ContentType.objects.get_for_model(model), role__in=roles
-    ).filter(Q(user=user) | Q(team__members=user))
+    grants = ObjectGrant.objects.filter(content_type=ContentType.objects.get_for_model(model), role__in=roles).filter(
+        Q(user=user) | Q(team__members=user)
+    )
     token = _token(user)
     if token is not None and token.project_id is not None:
         grants = grants.filter(project_id=token.project_id)
@@ -141,8 +144,17 @@ def restrict(queryset: QuerySet, user, action: Action | str = Action.VIEW) -> Qu
 
 
 def _restrict_organizations(queryset: QuerySet, user, action: Action) -> QuerySet:
-    if not user or not user.is_authenticated or not token_allows(_token(user), action):
+    token = _token(user)
+    if not user or not user.is_authenticated or not token_allows(token, action):
         return queryset.none()
+    if token is not None and token.project_id is not None:
+        # A token limited to one project sees that project's organization and manages no organization: teams
+        # and new projects reach beyond its project.
+        if action != Action.VIEW:
+            return queryset.none()
+        return queryset.filter(
+            pk__in=Project.objects.filter(pk__in=project_ids(user, action)).values("organization_id")
+        )
     if user.is_superuser:
         return queryset
     owned = Organization.owners.through.objects.filter(user=user).values("organization_id")
@@ -162,7 +174,9 @@ def check(user, action: Action | str, obj: Model) -> None:
     if not can(user, Action.VIEW, obj):
         raise Http404("Not found.")
     if Action(action) != Action.VIEW and not can(user, action, obj):
-        raise PermissionDenied(f"You may not {action} this {type(obj)._meta.verbose_name}.")
+        raise PermissionDenied(
+            token_scope_error(user, action) or f"You may not {action} this {type(obj)._meta.verbose_name}."
+        )
 
 
 def token_scope_error(user, action: Action | str) -> str | None:

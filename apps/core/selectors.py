@@ -34,9 +34,14 @@ def api_token_list(*, user) -> QuerySet[ApiToken]:
     if not user.is_authenticated:
         return ApiToken.objects.none()
     managed = project_ids(user, Action.MANAGE)
-    others = Q(user__service_account__project__in=managed) if managed is not None else Q(
-        user__service_account__isnull=False)
-    return ApiToken.objects.filter(Q(user=user) | others).select_related("user", "project")
+    others = (
+        Q(user__service_account__project__in=managed) if managed is not None else Q(user__service_account__isnull=False)
+    )
+    tokens = ApiToken.objects.filter(Q(user=user) | others).select_related("user", "project")
+    acting = getattr(user, "api_token", None)
+    if acting is not None and acting.project_id is not None:
+        tokens = tokens.filter(project_id=acting.project_id)  # a project-limited token sees nothing beyond it
+    return tokens
 
 
 def audit_event_list(*, user) -> QuerySet[AuditEvent]:

@@ -25,17 +25,22 @@ from .models import (
     Team,
     TokenScope,
 )
-from .permissions import Action, PermissionDenied, check, restrict, role_on_project
+from .permissions import Action, PermissionDenied, check, restrict, role_on_project, token_scopes_granted
 from .tokens import token_display_prefix, token_generate, token_hash
 
 User = get_user_model()
 
 
 def _require_org_owner(user, organization: Organization) -> None:
-    if user.is_superuser or organization.owners.filter(pk=user.pk).exists():
+    """Owners (and superusers) manage an organization; asked through `restrict` so a token's limits apply."""
+    orgs = Organization.objects.filter(pk=organization.pk)
+    if restrict(orgs, user, Action.MANAGE).exists():
         return
-    if not restrict(Organization.objects.filter(pk=organization.pk), user, Action.VIEW).exists():
+    if not restrict(orgs, user, Action.VIEW).exists():
         raise Http404("Not found.")
+    token = getattr(user, "api_token", None)
+    if token is not None and token.project_id is not None:
+        raise PermissionDenied("A token limited to one project cannot manage its organization.")
     raise PermissionDenied("Only the organization's owners may do this.")
 
 
@@ -70,7 +75,9 @@ def organization_update(*, user, organization: Organization, name: str | None = 
     if name is not None:
         organization.name = name
     _save_unique(organization, "Could not update the organization.")
-    audit_record(actor=user, action="organization.update", obj=organization, before=before, after=snapshot(organization))
+    audit_record(
+        actor=user, action="organization.update", obj=organization, before=before, after=snapshot(organization)
+    )
     return organization
 
 
@@ -80,9 +87,13 @@ def organization_owner_set(*, user, organization: Organization, owner, is_owner:
     if not is_owner and organization.owners.count() == 1 and organization.owners.filter(pk=owner.pk).exists():
         raise ValidationError("An organization needs at least one owner.")
     (organization.owners.add if is_owner else organization.owners.remove)(owner)
+    change = {"owner": owner.get_username()}
     audit_record(
-        actor=user, action="organization.owner_add" if is_owner else "organization.owner_remove",
-        obj=organization, after={"owner": owner.get_username()},
+        actor=user,
+        action="organization.owner_add" if is_owner else "organization.owner_remove",
+        obj=organization,
+        before=None if is_owner else change,
+        after=change if is_owner else None,
     )
 
 
@@ -129,7 +140,9 @@ def team_create(*, user, organization: Organization, name: str, slug: str, membe
     _save_unique(team, f"A team with the slug '{slug}' already exists in this organization.")
     team.members.set(members)
     audit_record(
-        actor=user, action="team.create", obj=team,
+        actor=user,
+        action="team.create",
+        obj=team,
         after={**snapshot(team), "members": sorted(m.get_username() for m in team.members.all())},
     )
     return team
@@ -214,8 +227,12 @@ def object_grant_create(*, user, obj: Model, role: str, grantee=None, team: Team
     if (grantee is None) == (team is None):
         raise ValidationError("Give either a user or a team.")
     grant = ObjectGrant(
-        project=project, content_type=ContentType.objects.get_for_model(obj), object_id=str(obj.pk),
-        user=grantee, team=team, role=role,
+        project=project,
+        content_type=ContentType.objects.get_for_model(obj),
+        object_id=str(obj.pk),
+        user=grantee,
+        team=team,
+        role=role,
     )
     _save_unique(grant, "Could not create the grant.")
     audit_record(actor=user, action="grant.create", obj=grant, after=snapshot(grant))
@@ -256,6 +273,18 @@ def _normalise_scopes(scopes: Iterable[str]) -> list[str]:
     return scopes
 
 
+def _guard_token_widening(user, *, scopes: list[str], project: Project | None) -> None:
+    """A request made with a token cannot mint a token that reaches further than the one it came with."""
+    acting = getattr(user, "api_token", None)
+    if acting is None:
+        return
+    missing = set(scopes) - token_scopes_granted(acting)
+    if missing:
+        raise PermissionDenied(f"This token cannot create a token with the scope(s) {', '.join(sorted(missing))}.")
+    if acting.project_id is not None and (project is None or project.pk != acting.project_id):
+        raise PermissionDenied("A token limited to one project can create tokens limited to that project only.")
+
+
 @transaction.atomic
 def api_token_create(
     *,
@@ -280,14 +309,21 @@ def api_token_create(
             raise PermissionDenied("You may create tokens for yourself or for a service account only.")
         check(user, Action.MANAGE, account.project)
         project = account.project
+    _guard_token_widening(user, scopes=scopes, project=project)
     if TokenScope.ADMIN in scopes and project is not None and role_on_project(owner, project) != Role.ADMIN:
         raise ValidationError("Only a project admin may hold an admin-scoped token for the project.")
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError("The expiry must be in the future.")
     raw = token_generate()
     token = ApiToken(
-        user=owner, project=project, name=name, key_prefix=token_display_prefix(raw), key_hash=token_hash(raw),
-        scopes=scopes, expires_at=expires_at, created_by=user,
+        user=owner,
+        project=project,
+        name=name,
+        key_prefix=token_display_prefix(raw),
+        key_hash=token_hash(raw),
+        scopes=scopes,
+        expires_at=expires_at,
+        created_by=user,
     )
     token.full_clean()
     token.save()

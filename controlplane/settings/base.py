@@ -128,7 +128,10 @@ REST_FRAMEWORK = {
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.core.api.errors.exception_handler",
@@ -161,6 +164,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 # Workers send a heartbeat this often; one unseen for WORKER_STALE_SECONDS counts as gone.
 WORKER_HEARTBEAT_SECONDS = int(env("WORKER_HEARTBEAT_SECONDS", "10"))
 WORKER_STALE_SECONDS = int(env("WORKER_STALE_SECONDS", "45"))
+
+# A queued job whose message no worker claimed for this long is sent again (e.g. after a broker restart).
+JOB_REDISPATCH_SECONDS = int(env("JOB_REDISPATCH_SECONDS", "900"))
 
 # Key for secrets encrypted at rest; defaults to one derived from SECRET_KEY.
 ENCRYPTION_KEY = env("CONTROLPLANE_ENCRYPTION_KEY")

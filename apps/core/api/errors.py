@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DataError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from ..permissions import PermissionDenied as ActionDenied
+
+logger = logging.getLogger(__name__)
 
 
 def _message_from(detail) -> str:
@@ -28,6 +33,14 @@ def exception_handler(exc, context):
         exc = exceptions.PermissionDenied(detail=str(exc))
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
+    elif isinstance(exc, DataError):
+        # PostgreSQL refused a value from the request (NUL byte, number or date out of range): the client's
+        # input, not a crash. Logged so that a value the code itself produced still gets noticed.
+        logger.warning("Database refused a request value: %s", exc)
+        exc = exceptions.ValidationError(
+            detail="A value in the request cannot be stored or looked up (e.g. a NUL character or an out-of-range "
+            "number)."
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # ApiErrorMiddleware logs it and answers 500 in the same shape

@@ -54,8 +54,9 @@ class ProjectUpdateSerializer(serializers.Serializer):
 
 class MembershipSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
-    user = serializers.SlugRelatedField(slug_field="username", queryset=User.objects.filter(is_active=True),
-                                        required=False, allow_null=True)
+    user = serializers.SlugRelatedField(
+        slug_field="username", queryset=User.objects.filter(is_active=True), required=False, allow_null=True
+    )
     team = serializers.PrimaryKeyRelatedField(queryset=Team.objects.all(), required=False, allow_null=True)
     role = serializers.ChoiceField(choices=Role.choices)
 
@@ -63,6 +64,9 @@ class MembershipSerializer(serializers.ModelSerializer):
         model = Membership
         fields = ["id", "project", "user", "team", "role", "created_at"]
         read_only_fields = ["id", "created_at"]
+        # DRF's generated unique-together validators would demand both `user` and `team`; the service enforces
+        # uniqueness and says which member is already there.
+        validators = []
 
     def validate(self, attrs):
         if (attrs.get("user") is None) == (attrs.get("team") is None):
@@ -77,8 +81,9 @@ class MembershipUpdateSerializer(serializers.Serializer):
 class TeamSerializer(serializers.ModelSerializer):
     organization = serializers.SlugRelatedField(slug_field="slug", queryset=Organization.objects.all())
     slug = serializers.CharField(max_length=50, validators=[slug_validator])
-    members = serializers.SlugRelatedField(slug_field="username", many=True, queryset=User.objects.all(),
-                                           required=False)
+    members = serializers.SlugRelatedField(
+        slug_field="username", many=True, queryset=User.objects.all(), required=False
+    )
 
     class Meta:
         model = Team
@@ -88,8 +93,9 @@ class TeamSerializer(serializers.ModelSerializer):
 
 class TeamUpdateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100, required=False)
-    members = serializers.SlugRelatedField(slug_field="username", many=True, queryset=User.objects.all(),
-                                           required=False)
+    members = serializers.SlugRelatedField(
+        slug_field="username", many=True, queryset=User.objects.all(), required=False
+    )
 
 
 class ServiceAccountSerializer(serializers.ModelSerializer):
@@ -111,8 +117,19 @@ class ApiTokenSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApiToken
-        fields = ["id", "name", "user", "project", "key_prefix", "scopes", "expires_at", "last_used_at",
-                  "revoked_at", "created_at", "is_active"]
+        fields = [
+            "id",
+            "name",
+            "user",
+            "project",
+            "key_prefix",
+            "scopes",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+            "created_at",
+            "is_active",
+        ]
         read_only_fields = fields
 
     def get_is_active(self, token) -> bool:
@@ -121,13 +138,16 @@ class ApiTokenSerializer(serializers.ModelSerializer):
 
 class ApiTokenCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
-    scopes = serializers.ListField(child=serializers.ChoiceField(choices=TokenScope.choices), min_length=1,
-                                   max_length=3)
-    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all(), required=False,
-                                           allow_null=True)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=TokenScope.choices), min_length=1, max_length=3
+    )
+    project = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Project.objects.all(), required=False, allow_null=True
+    )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
-    service_account = serializers.PrimaryKeyRelatedField(queryset=ServiceAccount.objects.all(), required=False,
-                                                         allow_null=True)
+    service_account = serializers.PrimaryKeyRelatedField(
+        queryset=ServiceAccount.objects.all(), required=False, allow_null=True
+    )
 
 
 class ApiTokenCreatedSerializer(ApiTokenSerializer):
@@ -144,8 +164,19 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEvent
-        fields = ["id", "created_at", "actor", "action", "object_type", "object_id", "object_repr", "project",
-                  "changes", "request_id", "ip_address"]
+        fields = [
+            "id",
+            "created_at",
+            "actor",
+            "action",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "project",
+            "changes",
+            "request_id",
+            "ip_address",
+        ]
         read_only_fields = fields
 
 
@@ -155,9 +186,25 @@ class JobSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Job
-        fields = ["id", "project", "job_type", "params", "status", "progress", "message", "result", "error",
-                  "queue", "gpu_memory_mb", "worker", "attempts", "created_by", "created_at", "started_at",
-                  "finished_at"]
+        fields = [
+            "id",
+            "project",
+            "job_type",
+            "params",
+            "status",
+            "progress",
+            "message",
+            "result",
+            "error",
+            "queue",
+            "gpu_memory_mb",
+            "worker",
+            "attempts",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
         read_only_fields = fields
 
 

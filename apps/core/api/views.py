@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from .. import filters, jobs, selectors, services
 from ..permissions import Action, check
 from . import serializers as s
+from .parsers import JSONParser
 
 User = get_user_model()
 
@@ -23,6 +24,7 @@ class BaseViewSet(viewsets.GenericViewSet):
 
     lookup_kind: type = int
     object_action: dict[str, Action] = {}
+    parser_classes = [JSONParser]
 
     def selector(self):
         raise NotImplementedError
@@ -32,6 +34,8 @@ class BaseViewSet(viewsets.GenericViewSet):
 
     def get_object(self):
         raw = self.kwargs[self.lookup_url_kwarg or self.lookup_field]
+        if "\x00" in raw:  # PostgreSQL cannot even compare text holding NUL; no such object can exist
+            raise Http404
         try:
             value = uuid.UUID(raw) if self.lookup_kind is uuid.UUID else self.lookup_kind(raw)
         except (TypeError, ValueError):
@@ -56,8 +60,9 @@ class BaseViewSet(viewsets.GenericViewSet):
         return serializer.validated_data
 
     def created(self, serializer_class, instance) -> Response:
-        return Response(serializer_class(instance, context=self.get_serializer_context()).data,
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            serializer_class(instance, context=self.get_serializer_context()).data, status=status.HTTP_201_CREATED
+        )
 
 
 class OrganizationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseViewSet):
@@ -98,8 +103,13 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseViewS
     @extend_schema(request=s.ProjectSerializer, responses={201: s.ProjectSerializer})
     def create(self, request):
         data = self.validated(s.ProjectSerializer, request.data)
-        project = services.project_create(user=request.user, organization=data["organization"], name=data["name"],
-                                          slug=data["slug"], description=data.get("description", ""))
+        project = services.project_create(
+            user=request.user,
+            organization=data["organization"],
+            name=data["name"],
+            slug=data["slug"],
+            description=data.get("description", ""),
+        )
         return self.created(s.ProjectSerializer, project)
 
     @extend_schema(request=s.ProjectUpdateSerializer, responses=s.ProjectSerializer)
@@ -126,8 +136,13 @@ class MembershipViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseVi
     @extend_schema(request=s.MembershipSerializer, responses={201: s.MembershipSerializer})
     def create(self, request):
         data = self.validated(s.MembershipSerializer, request.data)
-        membership = services.membership_create(user=request.user, project=data["project"], role=data["role"],
-                                                member=data.get("user"), team=data.get("team"))
+        membership = services.membership_create(
+            user=request.user,
+            project=data["project"],
+            role=data["role"],
+            member=data.get("user"),
+            team=data.get("team"),
+        )
         return self.created(s.MembershipSerializer, membership)
 
     @extend_schema(request=s.MembershipUpdateSerializer, responses=s.MembershipSerializer)
@@ -153,8 +168,13 @@ class TeamViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseViewSet)
     @extend_schema(request=s.TeamSerializer, responses={201: s.TeamSerializer})
     def create(self, request):
         data = self.validated(s.TeamSerializer, request.data)
-        team = services.team_create(user=request.user, organization=data["organization"], name=data["name"],
-                                    slug=data["slug"], members=data.get("members", []))
+        team = services.team_create(
+            user=request.user,
+            organization=data["organization"],
+            name=data["name"],
+            slug=data["slug"],
+            members=data.get("members", []),
+        )
         return self.created(s.TeamSerializer, team)
 
     @extend_schema(request=s.TeamUpdateSerializer, responses=s.TeamSerializer)
@@ -179,8 +199,9 @@ class ServiceAccountViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Ba
     @extend_schema(request=s.ServiceAccountSerializer, responses={201: s.ServiceAccountSerializer})
     def create(self, request):
         data = self.validated(s.ServiceAccountSerializer, request.data)
-        account = services.service_account_create(user=request.user, project=data["project"], name=data["name"],
-                                                  role=data["role"])
+        account = services.service_account_create(
+            user=request.user, project=data["project"], name=data["name"], role=data["role"]
+        )
         return self.created(s.ServiceAccountSerializer, account)
 
 
@@ -199,8 +220,12 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseView
         data = self.validated(s.ApiTokenCreateSerializer, request.data)
         account = data.get("service_account")
         token, raw = services.api_token_create(
-            user=request.user, name=data["name"], scopes=data["scopes"], project=data.get("project"),
-            expires_at=data.get("expires_at"), owner=account.user if account else None,
+            user=request.user,
+            name=data["name"],
+            scopes=data["scopes"],
+            project=data.get("project"),
+            expires_at=data.get("expires_at"),
+            owner=account.user if account else None,
         )
         token.token = raw
         return self.created(s.ApiTokenCreatedSerializer, token)
@@ -242,8 +267,13 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseViewSet):
     @extend_schema(request=s.JobCreateSerializer, responses={201: s.JobSerializer})
     def create(self, request):
         data = self.validated(s.JobCreateSerializer, request.data)
-        job = jobs.job_create(user=request.user, project=data["project"], job_type=data["job_type"],
-                              params=data["params"], gpu_memory_mb=data["gpu_memory_mb"])
+        job = jobs.job_create(
+            user=request.user,
+            project=data["project"],
+            job_type=data["job_type"],
+            params=data["params"],
+            gpu_memory_mb=data["gpu_memory_mb"],
+        )
         return self.created(s.JobSerializer, job)
 
     @extend_schema(request=None, responses=s.JobSerializer)
@@ -264,4 +294,3 @@ class WorkerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseViewSe
 
     def selector(self):
         return selectors.worker_list(user=self.request.user)
-

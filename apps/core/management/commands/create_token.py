@@ -36,8 +36,13 @@ class Command(BaseCommand):
         if options["expires_days"]:
             expires_at = timezone.now() + datetime.timedelta(days=options["expires_days"])
         try:
-            _, raw = api_token_create(user=user, name=options["name"], project=project, expires_at=expires_at,
-                                      scopes=[s.strip() for s in options["scopes"].split(",") if s.strip()])
+            _, raw = api_token_create(
+                user=user,
+                name=options["name"],
+                project=project,
+                expires_at=expires_at,
+                scopes=[s.strip() for s in options["scopes"].split(",") if s.strip()],
+            )
         except (ValidationError, PermissionDenied) as exc:
             raise CommandError("; ".join(getattr(exc, "messages", [str(exc)])))
         except Http404:

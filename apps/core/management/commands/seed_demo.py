@@ -26,14 +26,16 @@ class Command(BaseCommand):
         User = get_user_model()
         admin = User.objects.get(username="admin")
         org = Organization.objects.filter(slug="acme").first() or services.organization_create(
-            user=admin, name="Acme AI", slug="acme")
+            user=admin, name="Acme AI", slug="acme"
+        )
         projects = {}
         for slug, name, description in [
             ("demo", "Demo", "A sandbox project with demo data."),
             ("research", "Research", "Experiments and evaluation of candidate models."),
         ]:
             projects[slug] = Project.objects.filter(slug=slug).first() or services.project_create(
-                user=admin, organization=org, name=name, slug=slug, description=description)
+                user=admin, organization=org, name=name, slug=slug, description=description
+            )
 
         password = os.environ.get("CONTROLPLANE_DEMO_PASSWORD", "demo-password-42")
         for username, roles in DEMO_USERS.items():
@@ -46,14 +48,25 @@ class Command(BaseCommand):
                     services.membership_create(user=admin, project=projects[slug], member=user, role=role)
 
         team = Team.objects.filter(organization=org, slug="ml-platform").first() or services.team_create(
-            user=admin, organization=org, name="ML platform", slug="ml-platform",
-            members=User.objects.filter(username__in=["bob", "dave"]))
+            user=admin,
+            organization=org,
+            name="ML platform",
+            slug="ml-platform",
+            members=User.objects.filter(username__in=["bob", "dave"]),
+        )
         if not Membership.objects.filter(project=projects["research"], team=team).exists():
             services.membership_create(user=admin, project=projects["research"], team=team, role=Role.DEVELOPER)
 
         if not Job.objects.filter(project=projects["demo"]).exists():
-            jobs.job_create(user=admin, project=projects["demo"], job_type="core.device_check",
-                            params={"size": 512, "iterations": 50})
-        self.stdout.write(self.style.SUCCESS(
-            f"Demo data ready: organization 'acme', projects 'demo' and 'research'; users "
-            f"{', '.join(DEMO_USERS)} (password: {password})"))
+            jobs.job_create(
+                user=admin,
+                project=projects["demo"],
+                job_type="core.device_check",
+                params={"size": 512, "iterations": 50},
+            )
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Demo data ready: organization 'acme', projects 'demo' and 'research'; users "
+                f"{', '.join(DEMO_USERS)} (password: {password})"
+            )
+        )
