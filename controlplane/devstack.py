@@ -45,6 +45,14 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
+def spawn(command: list[str], *, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a process in its own session (so a group kill reaches its children), output appended to log."""
+    with open(log, "ab") as log_file:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
 class Postgres:
     """A PostgreSQL server on 127.0.0.1 with the data directory `data_dir` (created on first start)."""
 
@@ -172,23 +180,19 @@ class Redis:
         persistence = (
             ["--appendonly", "yes", "--save", "60 1"] if self.persistent else ["--save", "", "--appendonly", "no"]
         )
-        self.process = subprocess.Popen(
-            [
-                self.binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.data_dir),
-                "--protected-mode",
-                "no",
-                *persistence,
-            ],
-            stdout=open(self.data_dir / "redis.log", "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        command = [
+            self.binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--protected-mode",
+            "no",
+            *persistence,
+        ]
+        self.process = spawn(command, log=self.data_dir / "redis.log")
         wait_for_port(self.port)
         return self.url()
 
@@ -331,14 +335,7 @@ def command_run() -> int:
         signal.signal(signal.SIGTERM, stop)
         try:
             for name, command in commands.items():
-                processes[name] = subprocess.Popen(
-                    command,
-                    cwd=ROOT,
-                    env=env,
-                    start_new_session=True,
-                    stdout=open(logs / f"{name}.log", "ab"),
-                    stderr=subprocess.STDOUT,
-                )
+                processes[name] = spawn(command, log=logs / f"{name}.log", env=env)
             wait_for_port(int(port), timeout=60)
             print(f"\n  Control plane: http://127.0.0.1:{port}/   (API docs: http://127.0.0.1:{port}/api/docs/)")
             print("  Login: admin (password printed above on first run, or CONTROLPLANE_ADMIN_PASSWORD)")
