@@ -168,9 +168,6 @@ WORKER_STALE_SECONDS = int(env("WORKER_STALE_SECONDS", "45"))
 # A queued job whose message no worker claimed for this long is sent again (e.g. after a broker restart).
 JOB_REDISPATCH_SECONDS = int(env("JOB_REDISPATCH_SECONDS", "900"))
 
-# Key for secrets encrypted at rest; defaults to one derived from SECRET_KEY.
-ENCRYPTION_KEY = env("CONTROLPLANE_ENCRYPTION_KEY")
-
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
