@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from .audit import audit_record, snapshot
 from .models import Job, JobStatus, Project, Worker
-from .permissions import Action, PermissionDenied, check
+from .permissions import Action, check
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def job_retry(*, user, job: Job) -> Job:
     """Queue a failed or cancelled job again with the same parameters."""
     check(user, Action.CHANGE, job)
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-        raise PermissionDenied("Only failed or cancelled jobs can be retried.")
+        raise ValidationError("Only failed or cancelled jobs can be retried.")
     before = snapshot(job, ["status"])
     job.status, job.task_id, job.error, job.progress, job.message = JobStatus.QUEUED, "", "", 0, "queued"
     job.result = None

@@ -28,7 +28,7 @@ from django.views.decorators.http import require_POST
 from . import filters, jobs, permissions, selectors, services
 from .forms import ApiTokenCreateForm, LoginForm, MembershipAddForm, MembershipRoleForm
 from .middleware import api_error, is_api_path
-from .models import Job, Membership, Project, Role
+from .models import Job, JobStatus, Membership, Project, Role
 from .permissions import Action
 
 PAGE_SIZE = 25
@@ -95,7 +95,8 @@ def _render(request: HttpRequest, template: str, context: dict, *, section: str,
 
 def _render_fragment(request: HttpRequest, page: str, fragment: str, context: dict, *, section: str, status: int):
     """The whole page, or only the fragment htmx asked for (live refreshes and filter changes)."""
-    if request.htmx:
+    # A history restore (back button after the cache expired) needs the whole page, not the fragment.
+    if request.htmx and not request.htmx.history_restore_request:
         response = render(request, fragment, context, status=status)
     else:
         response = _render(request, page, context, section=section, status=status)
@@ -232,7 +233,7 @@ def _render_job(request: HttpRequest, project: Project, job: Job, *, error: str 
         "params_json": json.dumps(job.params, sort_keys=True),
         "result_json": json.dumps(job.result, indent=2, sort_keys=True) if job.result is not None else "",
         "can_change": permissions.can(request.user, Action.CHANGE, job),
-        "retryable": job.status in ("failed", "cancelled"),
+        "retryable": job.status in (JobStatus.FAILED, JobStatus.CANCELLED),
         "action_error": error,
     }
     return _render(request, "core/job_detail.html", context, section="jobs", status=status)
@@ -303,6 +304,7 @@ def member_list(request: HttpRequest, project_slug: str) -> HttpResponse:
 @require_POST
 def member_add(request: HttpRequest, project_slug: str) -> HttpResponse:
     project = _project(request, project_slug)
+    permissions.check(request.user, Action.MANAGE, project)
     form = MembershipAddForm(request.POST, project=project, user=request.user)
     if form.is_valid():
         try:
@@ -329,6 +331,7 @@ def _membership(request: HttpRequest, project: Project, membership_id: int) -> M
 @require_POST
 def member_update(request: HttpRequest, project_slug: str, membership_id: int) -> HttpResponse:
     project = _project(request, project_slug)
+    permissions.check(request.user, Action.MANAGE, project)
     membership = _membership(request, project, membership_id)
     form = MembershipRoleForm(request.POST)
     if not form.is_valid():
@@ -345,6 +348,7 @@ def member_update(request: HttpRequest, project_slug: str, membership_id: int) -
 @require_POST
 def member_remove(request: HttpRequest, project_slug: str, membership_id: int) -> HttpResponse:
     project = _project(request, project_slug)
+    permissions.check(request.user, Action.MANAGE, project)
     membership = _membership(request, project, membership_id)
     try:
         services.membership_delete(user=request.user, membership=membership)

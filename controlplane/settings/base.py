@@ -100,7 +100,8 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
-# Failed logins per (username, client address) before further attempts are refused for the window.
+# Failed logins counted per username and, separately, per client address; past the limit, logins are refused
+# for the rest of the window.
 LOGIN_RATE_LIMIT = {"attempts": int(env("LOGIN_RATE_LIMIT_ATTEMPTS", "5")), "window_seconds": 900}
 
 LANGUAGE_CODE = "en-us"
