@@ -39,6 +39,16 @@ app.conf.beat_schedule = {
         "schedule": 10.0,
         "options": {"expires": 9},
     },
+    "registry-gc": {
+        "task": "apps.registry.tasks.registry_gc",
+        "schedule": 3600.0,
+        "options": {"expires": 3500},
+    },
+    "expire-uploads": {
+        "task": "apps.registry.tasks.uploads_expire",
+        "schedule": 900.0,
+        "options": {"expires": 800},
+    },
     "mark-stale-workers": {
         "task": "apps.core.tasks.workers_mark_stale",
         "schedule": 30.0,

@@ -13,6 +13,7 @@ from django.db.models import Model
 from django.http import Http404
 from django.utils import timezone
 
+from . import crypto
 from .audit import audit_record, snapshot
 from .models import (
     ApiToken,
@@ -20,6 +21,7 @@ from .models import (
     ObjectGrant,
     Organization,
     Project,
+    ProjectSecret,
     Role,
     ServiceAccount,
     Team,
@@ -360,3 +362,36 @@ def api_token_authenticate(raw: str) -> ApiToken | None:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
     return token
+
+
+# Project secrets -----------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def project_secret_set(*, user, project: Project, name: str, value: str) -> ProjectSecret:
+    """Create or replace a secret. The value is encrypted; the audit log records only that it changed."""
+    check(user, Action.MANAGE, project)
+    if not value or len(value) > 10_000:
+        raise ValidationError("A secret value must be 1–10000 characters.")
+    secret = ProjectSecret.objects.filter(project=project, name=name).first()
+    created = secret is None
+    secret = secret or ProjectSecret(project=project, name=name, created_by=user)
+    secret.encrypted_value = crypto.encrypt(value)
+    secret.full_clean()
+    secret.save()
+    audit_record(actor=user, action="project_secret.create" if created else "project_secret.update", obj=secret,
+                 after={"name": name, "value": "(encrypted)"})
+    return secret
+
+
+@transaction.atomic
+def project_secret_delete(*, user, secret: ProjectSecret) -> None:
+    check(user, Action.MANAGE, secret.project)
+    audit_record(actor=user, action="project_secret.delete", obj=secret, before={"name": secret.name})
+    secret.delete()
+
+
+def project_secret_value(*, project: Project, name: str) -> str | None:
+    """The decrypted value for server-side use (imports, deployments); never return it to a client."""
+    secret = ProjectSecret.objects.filter(project=project, name=name).first()
+    return crypto.decrypt(secret.encrypted_value) if secret else None

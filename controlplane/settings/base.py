@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "apps.core",
+    "apps.registry",
 ]
 
 MIDDLEWARE = [
@@ -168,6 +169,20 @@ WORKER_STALE_SECONDS = int(env("WORKER_STALE_SECONDS", "45"))
 
 # A queued job whose message no worker claimed for this long is sent again (e.g. after a broker restart).
 JOB_REDISPATCH_SECONDS = int(env("JOB_REDISPATCH_SECONDS", "900"))
+
+# Key for secrets encrypted at rest (a Fernet key or any passphrase); defaults to one derived from SECRET_KEY.
+ENCRYPTION_KEY = env("CONTROLPLANE_ENCRYPTION_KEY")
+
+# Model artifacts: a content-addressed chunk store. `file:///path` or `s3://bucket/prefix` (+ AWS_* variables).
+ARTIFACT_STORE_URL = env("ARTIFACT_STORE_URL", f"file://{BASE_DIR / '.devstack' / 'artifacts'}")
+# Upload parts are this size (the last part of a file may be smaller); clients may upload them in parallel.
+UPLOAD_PART_SIZE = int(env("UPLOAD_PART_SIZE", str(64 * 1024 * 1024)))
+UPLOAD_EXPIRY_HOURS = int(env("UPLOAD_EXPIRY_HOURS", "48"))
+# Soft-deleted versions keep their bytes this long before garbage collection frees unreferenced chunks.
+VERSION_RETENTION_DAYS = int(env("VERSION_RETENTION_DAYS", "7"))
+# Aliases only maintainers may move; with approval on, a second maintainer must approve the move.
+PROTECTED_ALIASES = env_list("PROTECTED_ALIASES", "production")
+PROTECTED_ALIAS_APPROVAL = env_bool("PROTECTED_ALIAS_APPROVAL", False)
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class RegistryConfig(AppConfig):
+    name = "apps.registry"
+    label = "registry"
+    verbose_name = "Model registry"
+
+    def ready(self) -> None:
+        from . import tasks  # noqa: F401  (registers the registry job types)
