@@ -132,7 +132,7 @@ def safetensors_boundaries(data_start: int, tensors: dict, file_size: int) -> li
             group_start = end
     if cuts[-1] != file_size:
         cuts.append(file_size)
-    return sorted(set(c for c in cuts if 0 < c <= file_size))
+    return sorted({c for c in cuts if 0 < c <= file_size})
 
 
 def fixed_boundaries(file_size: int) -> list[int]:

@@ -144,6 +144,9 @@ class FileChunk(models.Model):
         ordering = ["file", "index"]
         constraints = [models.UniqueConstraint(fields=["file", "index"], name="file_chunk_unique_index")]
 
+    def __str__(self) -> str:
+        return f"{self.file_id}#{self.index}"
+
 
 class Relation(models.TextChoices):
     FINE_TUNE = "fine-tune", "Fine-tune"
@@ -211,6 +214,9 @@ class Promotion(TimeStampedModel):
     class Meta:
         ordering = ["-created_at", "-id"]
 
+    def __str__(self) -> str:
+        return f"{self.model.name}@{self.alias} → {self.to_version.number} ({self.status})"
+
 
 class ScanPolicy(TimeStampedModel):
     """Per organization: pickle globals allowed beyond the scanner's safe defaults (e.g. "collections.OrderedDict")."""
@@ -261,3 +267,6 @@ class UploadPart(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["upload", "file_index", "part_number"], name="upload_part_unique"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.upload_id} file {self.file_index} part {self.part_number}"

@@ -25,7 +25,6 @@ from .models import (
     RegisteredModel,
     Relation,
     Upload,
-    UploadStatus,
     VersionStatus,
 )
 
