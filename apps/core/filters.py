@@ -3,11 +3,41 @@
 import datetime
 
 import django_filters
+from django import forms
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db.models import Q
 from django.utils import timezone
+from django_filters.widgets import BooleanWidget
 
 from .models import ApiToken, AuditEvent, Job, JobStatus, Membership, Project, Role, Team, Worker
+
+BOOLEAN_VALUES = {"": None, "true": True, "false": False, "1": True, "0": False}
+
+
+class StrictBooleanWidget(BooleanWidget):
+    """Hands an unrecognised value on as it came, for the field to refuse, instead of turning it into "no filter"."""
+
+    def value_from_datadict(self, data, files, name):
+        value = data.get(name)
+        if isinstance(value, str) and value.lower() not in BOOLEAN_VALUES:
+            return value
+        return super().value_from_datadict(data, files, name)
+
+
+class StrictBooleanField(forms.NullBooleanField):
+    widget = StrictBooleanWidget
+
+    def to_python(self, value):
+        if isinstance(value, str) and value.lower() not in BOOLEAN_VALUES:
+            raise ValidationError("Use true or false.", code="invalid")
+        return super().to_python(value)
+
+
+class BooleanFilter(django_filters.BooleanFilter):
+    """true/false (or 1/0); anything else is a 400, where django-filter would silently not filter."""
+
+    field_class = StrictBooleanField
 
 
 class ProjectFilter(django_filters.FilterSet):
@@ -43,7 +73,7 @@ class TeamFilter(django_filters.FilterSet):
 
 class ApiTokenFilter(django_filters.FilterSet):
     project = django_filters.CharFilter(field_name="project__slug", max_length=50)
-    active = django_filters.BooleanFilter(method="filter_active")
+    active = BooleanFilter(method="filter_active")
 
     class Meta:
         model = ApiToken
@@ -81,7 +111,7 @@ class JobFilter(django_filters.FilterSet):
 
 
 class WorkerFilter(django_filters.FilterSet):
-    alive = django_filters.BooleanFilter(method="filter_alive")
+    alive = BooleanFilter(method="filter_alive")
     queue = django_filters.CharFilter(method="filter_queue", max_length=200)
 
     class Meta:

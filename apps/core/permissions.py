@@ -125,7 +125,12 @@ def _grants(user, model: type[Model], action: Action) -> QuerySet:
 
 
 def restrict(queryset: QuerySet, user, action: Action | str = Action.VIEW) -> QuerySet:
-    """Narrow a queryset to the objects the user may take `action` on."""
+    """Narrow a queryset to the objects the user may take `action` on.
+
+    A model declares `project_path` (the lookup to its project). A model with `restricted_field` hides
+    restricted objects from everyone but project admins and grantees; `grant_via` = (lookup of the id, model)
+    lets a grant on a parent object (a registered model) cover its children (its versions).
+    """
     action = Action(action)
     model = queryset.model
     if model is Organization:
@@ -137,9 +142,14 @@ def restrict(queryset: QuerySet, user, action: Action | str = Action.VIEW) -> Qu
     if ids is None:
         return queryset
     condition = Q(**{f"{path}__in": ids})
+    restricted_field = getattr(model, "restricted_field", None)
+    if restricted_field:
+        admin_ids = project_ids(user, Action.MANAGE)
+        condition &= Q(**{restricted_field: False}) | Q(**{f"{path}__in": admin_ids})
     if model is not Project and user.is_authenticated and token_allows(_token(user), action):
-        pk_as_text = Cast(OuterRef("pk"), output_field=CharField())
-        condition |= Q(Exists(_grants(user, model, action).filter(object_id=pk_as_text)))
+        id_path, grant_model = getattr(model, "grant_via", ("pk", model))
+        id_as_text = Cast(OuterRef(id_path), output_field=CharField())
+        condition |= Q(Exists(_grants(user, grant_model, action).filter(object_id=id_as_text)))
     return queryset.filter(condition)
 
 

@@ -128,13 +128,13 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
-        "rest_framework.filters.OrderingFilter",
+        "apps.core.api.ordering.OrderingFilter",
     ],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["apps.core.api.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.core.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -149,6 +149,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "apps.core.models.JobStatus",
+        "VersionStatusEnum": "apps.registry.models.VersionStatus",
+        "UploadStatusEnum": "apps.registry.models.UploadStatus",
+        "PromotionStatusEnum": "apps.registry.models.PromotionStatus",
+    },
 }
 
 # Celery: queue names and routes live in controlplane/celery.py.
@@ -183,6 +189,9 @@ VERSION_RETENTION_DAYS = int(env("VERSION_RETENTION_DAYS", "7"))
 # Aliases only maintainers may move; with approval on, a second maintainer must approve the move.
 PROTECTED_ALIASES = env_list("PROTECTED_ALIASES", "production")
 PROTECTED_ALIAS_APPROVAL = env_bool("PROTECTED_ALIAS_APPROVAL", False)
+# Server-side directories that `POST /api/v1/registry/imports/` may read `file://` sources from (comma-separated,
+# symlinks resolved). Empty disables directory imports.
+REGISTRY_IMPORT_ROOTS = env_list("REGISTRY_IMPORT_ROOTS", "")
 
 LOGGING = {
     "version": 1,

@@ -3,6 +3,7 @@
 import json
 
 from django.contrib.auth import get_user_model
+from django.db import models
 from rest_framework import serializers
 
 from ..models import (
@@ -19,12 +20,56 @@ from ..models import (
     Worker,
     slug_validator,
 )
+from ..permissions import Action, restrict
 
 User = get_user_model()
 
 
-class OrganizationSerializer(serializers.ModelSerializer):
-    slug = serializers.CharField(max_length=50, validators=[slug_validator])
+class StrictCharField(serializers.CharField):
+    """Text from a JSON string only: DRF would turn a number sent for a name into "12345"; that is a client bug."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictRegexField(StrictCharField, serializers.RegexField):
+    pass
+
+
+class VisibleRelatedMixin:
+    """Resolves only objects the requesting user may see, so a reference to an invisible object reads exactly like
+    one to a missing object ("does not exist"), instead of a 404 or 403 that confirms it exists."""
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        request = self.context.get("request")
+        if request is None:  # outside a request the services' own checks still apply
+            return queryset
+        if queryset.model is Team:
+            return queryset.filter(organization__in=restrict(Organization.objects.all(), request.user, Action.VIEW))
+        return restrict(queryset, request.user, Action.VIEW)
+
+
+class VisibleSlugRelatedField(VisibleRelatedMixin, serializers.SlugRelatedField):
+    pass
+
+
+class VisiblePrimaryKeyRelatedField(VisibleRelatedMixin, serializers.PrimaryKeyRelatedField):
+    pass
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.CharField: StrictCharField,
+        models.TextField: StrictCharField,
+    }
+
+
+class OrganizationSerializer(ModelSerializer):
+    slug = StrictCharField(max_length=50, validators=[slug_validator])
     owners = serializers.SlugRelatedField(slug_field="username", many=True, read_only=True)
 
     class Meta:
@@ -34,12 +79,12 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
 
 class OrganizationUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = StrictCharField(max_length=100)
 
 
-class ProjectSerializer(serializers.ModelSerializer):
-    organization = serializers.SlugRelatedField(slug_field="slug", queryset=Organization.objects.all())
-    slug = serializers.CharField(max_length=50, validators=[slug_validator])
+class ProjectSerializer(ModelSerializer):
+    organization = VisibleSlugRelatedField(slug_field="slug", queryset=Organization.objects.all())
+    slug = StrictCharField(max_length=50, validators=[slug_validator])
 
     class Meta:
         model = Project
@@ -48,16 +93,16 @@ class ProjectSerializer(serializers.ModelSerializer):
 
 
 class ProjectUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, required=False)
-    description = serializers.CharField(max_length=5000, required=False, allow_blank=True)
+    name = StrictCharField(max_length=100, required=False)
+    description = StrictCharField(max_length=5000, required=False, allow_blank=True)
 
 
-class MembershipSerializer(serializers.ModelSerializer):
-    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
+class MembershipSerializer(ModelSerializer):
+    project = VisibleSlugRelatedField(slug_field="slug", queryset=Project.objects.all())
     user = serializers.SlugRelatedField(
         slug_field="username", queryset=User.objects.filter(is_active=True), required=False, allow_null=True
     )
-    team = serializers.PrimaryKeyRelatedField(queryset=Team.objects.all(), required=False, allow_null=True)
+    team = VisiblePrimaryKeyRelatedField(queryset=Team.objects.all(), required=False, allow_null=True)
     role = serializers.ChoiceField(choices=Role.choices)
 
     class Meta:
@@ -78,9 +123,9 @@ class MembershipUpdateSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
-class TeamSerializer(serializers.ModelSerializer):
-    organization = serializers.SlugRelatedField(slug_field="slug", queryset=Organization.objects.all())
-    slug = serializers.CharField(max_length=50, validators=[slug_validator])
+class TeamSerializer(ModelSerializer):
+    organization = VisibleSlugRelatedField(slug_field="slug", queryset=Organization.objects.all())
+    slug = StrictCharField(max_length=50, validators=[slug_validator])
     members = serializers.SlugRelatedField(
         slug_field="username", many=True, queryset=User.objects.all(), required=False
     )
@@ -92,15 +137,15 @@ class TeamSerializer(serializers.ModelSerializer):
 
 
 class TeamUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, required=False)
+    name = StrictCharField(max_length=100, required=False)
     members = serializers.SlugRelatedField(
         slug_field="username", many=True, queryset=User.objects.all(), required=False
     )
 
 
-class ServiceAccountSerializer(serializers.ModelSerializer):
-    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
-    name = serializers.RegexField(r"^[a-z0-9][a-z0-9-]{0,62}$", max_length=63)
+class ServiceAccountSerializer(ModelSerializer):
+    project = VisibleSlugRelatedField(slug_field="slug", queryset=Project.objects.all())
+    name = StrictRegexField(r"^[a-z0-9][a-z0-9-]{0,62}$", max_length=63)
     role = serializers.ChoiceField(choices=Role.choices, write_only=True, default=Role.DEVELOPER)
     username = serializers.CharField(source="user.username", read_only=True)
 
@@ -110,7 +155,7 @@ class ServiceAccountSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "username", "created_at"]
 
 
-class ApiTokenSerializer(serializers.ModelSerializer):
+class ApiTokenSerializer(ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     user = serializers.CharField(source="user.username", read_only=True)
     is_active = serializers.SerializerMethodField()
@@ -137,15 +182,15 @@ class ApiTokenSerializer(serializers.ModelSerializer):
 
 
 class ApiTokenCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = StrictCharField(max_length=100)
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=TokenScope.choices), min_length=1, max_length=3
     )
-    project = serializers.SlugRelatedField(
+    project = VisibleSlugRelatedField(
         slug_field="slug", queryset=Project.objects.all(), required=False, allow_null=True
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
-    service_account = serializers.PrimaryKeyRelatedField(
+    service_account = VisiblePrimaryKeyRelatedField(
         queryset=ServiceAccount.objects.all(), required=False, allow_null=True
     )
 
@@ -158,7 +203,7 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
         read_only_fields = fields
 
 
-class AuditEventSerializer(serializers.ModelSerializer):
+class AuditEventSerializer(ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     actor = serializers.CharField(source="actor_label", read_only=True)
 
@@ -180,7 +225,7 @@ class AuditEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class JobSerializer(serializers.ModelSerializer):
+class JobSerializer(ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
 
@@ -209,8 +254,8 @@ class JobSerializer(serializers.ModelSerializer):
 
 
 class JobCreateSerializer(serializers.Serializer):
-    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
-    job_type = serializers.CharField(max_length=100)
+    project = VisibleSlugRelatedField(slug_field="slug", queryset=Project.objects.all())
+    job_type = StrictCharField(max_length=100)
     params = serializers.DictField(required=False, default=dict)
     gpu_memory_mb = serializers.IntegerField(min_value=0, max_value=10_000_000, required=False, default=0)
 
@@ -220,7 +265,7 @@ class JobCreateSerializer(serializers.Serializer):
         return value
 
 
-class WorkerSerializer(serializers.ModelSerializer):
+class WorkerSerializer(ModelSerializer):
     alive = serializers.SerializerMethodField()
 
     class Meta:

@@ -2,6 +2,9 @@ from rest_framework.routers import DefaultRouter
 
 from . import views
 
+# Namespaced: the HTML pages use the same plain names (token-list, job-detail, ...), which would shadow these.
+app_name = "core-api"
+
 router = DefaultRouter(trailing_slash="/?")
 router.register("organizations", views.OrganizationViewSet, basename="organization")
 router.register("projects", views.ProjectViewSet, basename="project")

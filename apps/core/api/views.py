@@ -6,14 +6,17 @@ import uuid
 
 from django.contrib.auth import get_user_model
 from django.http import Http404
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import exceptions, mixins, parsers, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 
 from .. import filters, jobs, selectors, services
 from ..permissions import Action, check
 from . import serializers as s
+from .ordering import OrderingFilter
 from .parsers import JSONParser
 
 User = get_user_model()
@@ -25,9 +28,22 @@ class BaseViewSet(viewsets.GenericViewSet):
     lookup_kind: type = int
     object_action: dict[str, Action] = {}
     parser_classes = [JSONParser]
+    filter_backends = [DjangoFilterBackend, OrderingFilter]
 
     def selector(self):
         raise NotImplementedError
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # Parse the body of every JSON write up front, so a malformed one is refused even by actions that read no
+        # fields (cancel, retry, revoke, delete) instead of being ignored while the action goes ahead. Views that
+        # declare other parsers (uploads) read their bodies their own way.
+        json_only = bool(self.parser_classes) and all(issubclass(p, parsers.JSONParser) for p in self.parser_classes)
+        if json_only and request.method not in permissions.SAFE_METHODS and not isinstance(request.data, dict):
+            kind = type(request.data).__name__
+            raise exceptions.ValidationError(
+                {api_settings.NON_FIELD_ERRORS_KEY: [f"Invalid data. Expected a dictionary, but got {kind}."]}
+            )
 
     def get_queryset(self):
         return self.selector()
