@@ -129,7 +129,9 @@ def project_delete(*, user, project: Project) -> None:
     _require_org_owner(user, project.organization)
     before = snapshot(project)
     audit_record(actor=user, action="project.delete", obj=project, before=before)
+    account_users = list(project.service_accounts.values_list("user_id", flat=True))
     project.delete()
+    User.objects.filter(pk__in=account_users).delete()  # service accounts exist only for their project
 
 
 # Teams ---------------------------------------------------------------------------------------------------------
@@ -316,6 +318,10 @@ def api_token_create(
         raise ValidationError("Only a project admin may hold an admin-scoped token for the project.")
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError("The expiry must be in the future.")
+    acting_token = getattr(user, "api_token", None)
+    if acting_token is not None and acting_token.expires_at is not None:
+        # A token never mints one that outlives it.
+        expires_at = min(expires_at or acting_token.expires_at, acting_token.expires_at)
     raw = token_generate()
     token = ApiToken(
         user=owner,
@@ -379,8 +385,12 @@ def project_secret_set(*, user, project: Project, name: str, value: str) -> Proj
     secret.encrypted_value = crypto.encrypt(value)
     secret.full_clean()
     secret.save()
-    audit_record(actor=user, action="project_secret.create" if created else "project_secret.update", obj=secret,
-                 after={"name": name, "value": "(encrypted)"})
+    audit_record(
+        actor=user,
+        action="project_secret.create" if created else "project_secret.update",
+        obj=secret,
+        after={"name": name, "value": "(encrypted)"},
+    )
     return secret
 
 
