@@ -93,7 +93,7 @@ def _validate_tensor(name: str, info, data_size: int) -> dict:
     if not isinstance(info, dict):
         raise MalformedSafetensors(f"tensor {name!r}: entry is not an object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPE_SIZES and dtype not in DTYPE_BITS:
+    if not isinstance(dtype, str) or (dtype not in DTYPE_SIZES and dtype not in DTYPE_BITS):
         raise MalformedSafetensors(f"tensor {name!r}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise MalformedSafetensors(f"tensor {name!r}: shape must be a list of non-negative integers")
