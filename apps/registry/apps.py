@@ -7,4 +7,4 @@ class RegistryConfig(AppConfig):
     verbose_name = "Model registry"
 
     def ready(self) -> None:
-        from . import tasks  # noqa: F401  (registers the registry job types)
+        from . import convert, imports, tasks  # noqa: F401  (registers the registry job types)

@@ -113,8 +113,9 @@ class S3BlobStore:
     def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         if end is not None and end <= start:
             return
-        byte_range = f"bytes={start}-{'' if end is None else end - 1}"
-        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=byte_range)["Body"]
+        # No Range header for a whole-object read: S3 refuses any range on an empty object (InvalidRange).
+        ranged = {"Range": f"bytes={start}-{'' if end is None else end - 1}"} if start or end is not None else {}
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)["Body"]
         try:
             yield from body.iter_chunks(COPY_BLOCK)
         finally:

@@ -84,7 +84,9 @@ def upload_part_put(
     if reader.remaining:
         raise ValidationError("The part body is shorter than its announced size.")
     if sha256 and sha256.lower() != digest:
+        # The bad bytes replaced any earlier copy of this part: it is missing again until sent anew.
         get_store().delete(key)
+        UploadPart.objects.filter(upload=upload, file_index=file_index, part_number=part_number).delete()
         raise ValidationError(f"Part sha256 mismatch: header says {sha256}, body hashes to {digest}.")
     part, _ = UploadPart.objects.update_or_create(
         upload=upload,
