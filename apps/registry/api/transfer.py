@@ -301,6 +301,7 @@ VERSION_ID = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH)
 
 
 class UploadViewSet(JSONOnly, BaseViewSet):
+    serializer_class = UploadOpenSerializer  # also describes the body for OPTIONS
     lookup_kind = uuid.UUID
     object_action = {"complete": Action.CHANGE}
 
@@ -506,6 +507,7 @@ class VersionFileView(JSONOnly, APIView):
 
 
 class ImportViewSet(JSONOnly, BaseViewSet):
+    serializer_class = ImportSerializer
     @extend_schema(request=ImportSerializer, responses={202: JobSerializer})
     def create(self, request):
         data = self.validated(ImportSerializer, request.data)
