@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -41,6 +42,7 @@ from apps.core.models import (
 )
 from apps.core.services import api_token_create
 from apps.core.tokens import token_display_prefix, token_generate, token_hash
+from apps.registry.models import Alias, ModelVersion, Promotion, PromotionStatus, RegisteredModel, VersionStatus
 
 User = get_user_model()
 
@@ -296,6 +298,79 @@ URL_KWARGS: dict[str, Callable[[World], dict]] = {
     "core-api:job-cancel": lambda w: {"pk": w.job.pk},
     "core-api:job-retry": lambda w: {"pk": w.failed_job.pk},
     "core-api:worker-detail": lambda w: {"pk": w.worker.pk},
+}
+
+
+# Registry metadata routes (apps/registry/api/metadata_urls.py) ---------------------------------------------------
+
+
+def _registry(w: World) -> SimpleNamespace:
+    """The rows the registry routes act on, created on first use and written directly, like the world's."""
+    if "registry" not in w.__dict__:
+        model = RegisteredModel.objects.create(project=w.project, name="matrix-model")
+        version = ModelVersion.objects.create(model=model, number=1, status=VersionStatus.READY)
+        Alias.objects.create(model=model, name="staging", version=version)
+        promotion = Promotion.objects.create(
+            model=model,
+            alias="production",
+            to_version=version,
+            status=PromotionStatus.PENDING,
+            requested_by=User.objects.create(username="promotion-requester"),
+        )
+        w.registry = SimpleNamespace(model=model, version=version, promotion=promotion)
+    return w.registry
+
+
+@pytest.fixture(autouse=True)
+def _registry_rows(request):
+    """A registry list must find its row before the request; the rule's `body` is read only after it."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and str(callspec.params.get("name", "")).startswith("registry-"):
+        _registry(request.getfixturevalue("world"))
+
+
+SPEC |= {
+    ("registry-model-list", "GET"): _list(Role.VIEWER, lambda w: _registry(w).model.pk),
+    ("registry-model-list", "POST"): Rule(
+        Role.DEVELOPER,
+        201,
+        lower=403,
+        other=400,
+        limited=400,
+        scope="write",
+        body=lambda w: {"project": w.project.slug, "name": "new-model"},
+    ),
+    ("registry-model-detail", "GET"): Rule(Role.VIEWER, 200),
+    ("registry-model-detail", "PATCH"): Rule(
+        Role.DEVELOPER, 200, lower=403, scope="write", body=lambda w: {"description": "d"}
+    ),
+    ("registry-model-aliases", "GET"): Rule(Role.VIEWER, 200),
+    ("registry-model-aliases", "POST"): Rule(
+        Role.DEVELOPER, 201, lower=403, scope="write", body=lambda w: {"alias": "candidate", "version": 1}
+    ),
+    ("registry-model-alias-detail", "DELETE"): Rule(Role.DEVELOPER, 204, lower=403, scope="write"),
+    ("registry-version-list", "GET"): _list(Role.VIEWER, lambda w: _registry(w).version.pk),
+    ("registry-version-detail", "GET"): Rule(Role.VIEWER, 200),
+    ("registry-version-detail", "DELETE"): Rule(Role.MAINTAINER, 204, lower=403, scope="write"),
+    ("registry-version-lineage", "GET"): Rule(Role.VIEWER, 200),
+    # Without ?a=&b= every signed-in caller gets the same 400 (tests/registry/test_api.py covers who sees what).
+    ("registry-version-compare", "GET"): Rule(Role.VIEWER, 400, other=400, limited=400),
+    ("registry-promotion-list", "GET"): _list(Role.VIEWER, lambda w: _registry(w).promotion.pk),
+    ("registry-promotion-detail", "GET"): Rule(Role.VIEWER, 200),
+    # A second maintainer decides (the requester is another user); the body is an empty object.
+    ("registry-promotion-approve", "POST"): Rule(Role.MAINTAINER, 200, lower=403, scope="write", body=lambda w: {}),
+    ("registry-promotion-reject", "POST"): Rule(Role.MAINTAINER, 200, lower=403, scope="write", body=lambda w: {}),
+}
+
+URL_KWARGS |= {
+    "registry-model-detail": lambda w: {"pk": _registry(w).model.pk},
+    "registry-model-aliases": lambda w: {"pk": _registry(w).model.pk},
+    "registry-model-alias-detail": lambda w: {"pk": _registry(w).model.pk, "alias": "staging"},
+    "registry-version-detail": lambda w: {"pk": _registry(w).version.pk},
+    "registry-version-lineage": lambda w: {"pk": _registry(w).version.pk},
+    "registry-promotion-detail": lambda w: {"pk": _registry(w).promotion.pk},
+    "registry-promotion-approve": lambda w: {"pk": _registry(w).promotion.pk},
+    "registry-promotion-reject": lambda w: {"pk": _registry(w).promotion.pk},
 }
 
 

@@ -8,6 +8,7 @@ from django.db import transaction
 
 from apps.core import jobs, services
 from apps.core.models import Job, Membership, Organization, Project, Role, Team
+from apps.registry.demo import seed_registry
 
 DEMO_USERS = {
     # username: {project slug: role}
@@ -64,6 +65,8 @@ class Command(BaseCommand):
                 job_type="core.device_check",
                 params={"size": 512, "iterations": 50},
             )
+        seeded = seed_registry(admin, projects["demo"])
+        self.stdout.write(f"Registry: {', '.join(f'{name}:{v.number} ({v.status})' for name, v in seeded.items())}")
         self.stdout.write(
             self.style.SUCCESS(
                 f"Demo data ready: organization 'acme', projects 'demo' and 'research'; users "
