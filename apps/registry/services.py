@@ -83,6 +83,8 @@ def registered_model_create(
     restricted: bool = False,
 ) -> RegisteredModel:
     check(user, Action.CHANGE, project)
+    if restricted:  # as for changing the flag later: only project admins may hide a model from the project
+        check(user, Action.MANAGE, project)
     if not NAME_RE.match(name or ""):
         raise ValidationError("Model names use letters, digits, '.', '_' or '-' (at most 128, starting alphanumeric).")
     model = RegisteredModel(

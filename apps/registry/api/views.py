@@ -13,7 +13,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from apps.core.api.views import BaseViewSet
-from apps.core.permissions import Action, check
+from apps.core.permissions import Action
 
 from .. import filters, selectors, services
 from ..models import Alias
@@ -38,9 +38,6 @@ class RegisteredModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, B
     @extend_schema(request=s.RegisteredModelCreateSerializer, responses={201: s.RegisteredModelSerializer})
     def create(self, request):
         data = self.validated(s.RegisteredModelCreateSerializer, request.data)
-        if data["restricted"]:
-            # As for changing the flag later: only project admins may hide a model from the project.
-            check(request.user, Action.MANAGE, data["project"])
         model = services.registered_model_create(user=request.user, **data)
         return self.created(s.RegisteredModelSerializer, self._fresh(model))
 
