@@ -19,8 +19,16 @@ from markdown_it import MarkdownIt
 
 from apps.core import permissions
 from apps.core.models import Project
+from apps.core.pages import (
+    dashboard_view,
+    filtered,
+    first_or_404,
+    paginate,
+    project_or_404,
+    render_fragment,
+    render_page,
+)
 from apps.core.permissions import Action
-from apps.core.views import _filtered, _first_or_404, _page, _project, _render, _render_fragment, dashboard_view
 
 from . import filters, selectors, services
 from .forms import AliasSetForm, VersionCompareForm
@@ -39,11 +47,11 @@ def render_markdown(text: str) -> SafeString:
 
 
 def _model(request: HttpRequest, project: Project, name: str) -> RegisteredModel:
-    return _first_or_404(selectors.registered_model_list(user=request.user), project=project, name=name)
+    return first_or_404(selectors.registered_model_list(user=request.user), project=project, name=name)
 
 
 def _version(request: HttpRequest, model: RegisteredModel, number: int) -> ModelVersion:
-    return _first_or_404(selectors.model_version_list(user=request.user), model=model, number=number)
+    return first_or_404(selectors.model_version_list(user=request.user), model=model, number=number)
 
 
 def _refusal(exc: Exception) -> list[str]:
@@ -55,11 +63,11 @@ def _refusal(exc: Exception) -> list[str]:
 
 @dashboard_view
 def model_list(request: HttpRequest, project_slug: str) -> HttpResponse:
-    project = _project(request, project_slug)
+    project = project_or_404(request, project_slug)
     queryset = selectors.registered_model_list(user=request.user).filter(project=project)
-    filterset, queryset, status = _filtered(filters.RegisteredModelFilter, request, queryset)
-    context = {"project": project, "filter": filterset, "page": _page(request, queryset)}
-    return _render_fragment(
+    filterset, queryset, status = filtered(filters.RegisteredModelFilter, request, queryset)
+    context = {"project": project, "filter": filterset, "page": paginate(request, queryset)}
+    return render_fragment(
         request,
         "registry/model_list.html",
         "registry/partials/model_table.html",
@@ -88,7 +96,7 @@ def _render_model(
         "project": project,
         "model": model,
         "description_html": render_markdown(model.description),
-        "page": _page(request, versions),
+        "page": paginate(request, versions),
         "ready_numbers": list(versions.filter(status=VersionStatus.READY).values_list("number", flat=True)[:200]),
         "aliases": list(model.aliases.all()),
         "protected_aliases": settings.PROTECTED_ALIASES,
@@ -99,19 +107,19 @@ def _render_model(
         "alias_form": alias_form or (AliasSetForm() if can_change else None),
         "action_errors": list(errors),
     }
-    return _render(request, "registry/model_detail.html", context, section="models", status=status)
+    return render_page(request, "registry/model_detail.html", context, section="models", status=status)
 
 
 @dashboard_view
 def model_detail(request: HttpRequest, project_slug: str, model_name: str) -> HttpResponse:
-    project = _project(request, project_slug)
+    project = project_or_404(request, project_slug)
     return _render_model(request, project, _model(request, project, model_name))
 
 
 @dashboard_view
 @require_POST
 def alias_set(request: HttpRequest, project_slug: str, model_name: str) -> HttpResponse:
-    project = _project(request, project_slug)
+    project = project_or_404(request, project_slug)
     model = _model(request, project, model_name)
     permissions.check(request.user, Action.CHANGE, model)
     form = AliasSetForm(request.POST)
@@ -141,7 +149,7 @@ def alias_set(request: HttpRequest, project_slug: str, model_name: str) -> HttpR
 @dashboard_view
 @require_POST
 def alias_delete(request: HttpRequest, project_slug: str, model_name: str, alias: str) -> HttpResponse:
-    project = _project(request, project_slug)
+    project = project_or_404(request, project_slug)
     model = _model(request, project, model_name)
     try:
         services.alias_delete(user=request.user, model=model, alias=alias)
@@ -153,9 +161,9 @@ def alias_delete(request: HttpRequest, project_slug: str, model_name: str, alias
 
 
 def _decide(request: HttpRequest, project_slug: str, model_name: str, promotion_id: int, *, approve: bool):
-    project = _project(request, project_slug)
+    project = project_or_404(request, project_slug)
     model = _model(request, project, model_name)
-    promotion = _first_or_404(selectors.promotion_list(user=request.user), model=model, pk=promotion_id)
+    promotion = first_or_404(selectors.promotion_list(user=request.user), model=model, pk=promotion_id)
     try:
         services.promotion_decide(user=request.user, promotion=promotion, approve=approve)
     except (ValidationError, permissions.PermissionDenied) as exc:
@@ -275,12 +283,12 @@ def _render_version(
         "can_delete": version.deleted_at is None and permissions.can(user, Action.DELETE, version),
         "action_errors": list(errors),
     }
-    return _render(request, "registry/version_detail.html", context, section="models", status=status)
+    return render_page(request, "registry/version_detail.html", context, section="models", status=status)
 
 
 @dashboard_view
 def version_detail(request: HttpRequest, project_slug: str, model_name: str, number: int) -> HttpResponse:
-    project = _project(request, project_slug)
+    project = project_or_404(request, project_slug)
     model = _model(request, project, model_name)
     return _render_version(request, project, model, _version(request, model, number))
 
@@ -288,7 +296,7 @@ def version_detail(request: HttpRequest, project_slug: str, model_name: str, num
 @dashboard_view
 @require_POST
 def version_delete(request: HttpRequest, project_slug: str, model_name: str, number: int) -> HttpResponse:
-    project = _project(request, project_slug)
+    project = project_or_404(request, project_slug)
     model = _model(request, project, model_name)
     version = _version(request, model, number)
     permissions.check(request.user, Action.DELETE, version)
@@ -305,7 +313,7 @@ def version_delete(request: HttpRequest, project_slug: str, model_name: str, num
 
 @dashboard_view
 def version_compare(request: HttpRequest, project_slug: str) -> HttpResponse:
-    project = _project(request, project_slug)
+    project = project_or_404(request, project_slug)
     form = VersionCompareForm(request.GET or None, user=request.user, project=project)
     result, status = None, 200
     if form.is_bound:
@@ -325,4 +333,4 @@ def version_compare(request: HttpRequest, project_slug: str) -> HttpResponse:
         "result": result,
         "suggestions": [f"{name}:{number}" for name, number in suggestions],
     }
-    return _render(request, "registry/version_compare.html", context, section="models", status=status)
+    return render_page(request, "registry/version_compare.html", context, section="models", status=status)
