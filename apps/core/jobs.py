@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -220,18 +221,27 @@ def job_retry(*, user, job: Job) -> Job:
 class JobContext:
     """What a running job sees: its parameters and a way to report progress."""
 
+    # A tight loop may report thousands of times; the database and the websockets get at most one update per
+    # percent step or per this many seconds, so slow listeners are not flooded and never miss the end.
+    MIN_INTERVAL_SECONDS = 1.0
+
     def __init__(self, job: Job):
         self.job = job
         self.params = job.params
+        self._last_sent = 0.0
 
     def progress(self, percent: int, message: str = "") -> None:
         """Persist and push progress; raises JobCancelled when someone cancelled the job meanwhile."""
         percent = max(0, min(100, int(percent)))
+        now = time.monotonic()
+        if percent == self.job.progress and now - self._last_sent < self.MIN_INTERVAL_SECONDS:
+            return
         updated = Job.objects.filter(pk=self.job.pk, status=JobStatus.RUNNING).update(
             progress=percent, message=message[:500], updated_at=timezone.now()
         )
         if not updated:
             raise JobCancelled()
+        self._last_sent = now
         self.job.progress, self.job.message = percent, message[:500]
         job_broadcast(self.job)
 

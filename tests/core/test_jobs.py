@@ -5,24 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-import redis
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from apps.core import fleet, jobs
 from apps.core.models import Job, JobStatus, Role, Worker
 from apps.core.routing import websocket_urlpatterns
+from tests.workers import celery_worker_process, flush_broker
 
 ROOT = Path(__file__).resolve().parents[2]
 GB = 1024
@@ -40,8 +37,7 @@ def heartbeat(hostname: str, devices: list[dict]) -> Worker:
 
 @pytest.fixture
 def broker():
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    client.flushdb()
+    client = flush_broker()
     yield client
     client.flushdb()
 
@@ -49,49 +45,8 @@ def broker():
 @pytest.fixture
 def celery_worker(transactional_db, broker):
     """A real Celery worker process on the gpu and default queues, using the test database."""
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "DJANGO_SETTINGS_MODULE": "controlplane.settings.test",
-        "WORKER_HEARTBEAT_SECONDS": "1",
-    }
-    hostname = f"testworker-{uuid.uuid4().hex[:6]}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "controlplane",
-            "worker",
-            "-n",
-            f"gpu@{hostname}",
-            "-Q",
-            f"gpu,default,gpu.{hostname}",
-            "--concurrency",
-            "1",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while not Worker.objects.filter(hostname=f"gpu@{hostname}").exists():
-        assert process.poll() is None, "the worker exited during start-up"
-        assert time.monotonic() < deadline, "the worker sent no heartbeat within 60 s"
-        time.sleep(0.3)
-    yield process
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    with celery_worker_process(node="gpu", queues="gpu,default,gpu.{host}") as process:
+        yield process
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):

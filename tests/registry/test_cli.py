@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
-import subprocess
-import sys
-import time
-import uuid
 from pathlib import Path
 
 import pytest
-import redis
-from django.conf import settings as django_settings
-from django.db import connection
 
-from apps.core.models import Role, Worker
+from apps.core.models import Role
 from apps.core.services import api_token_create
 from apps.registry import cli
 from apps.registry.models import ModelVersion, Upload, VersionStatus
+from tests.workers import celery_worker_process, flush_broker
 
 from .conftest import safetensors_bytes, tensors
 
@@ -29,60 +22,14 @@ PART = 256 * 1024
 
 
 @pytest.fixture
-def broker():
-    client = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
-@pytest.fixture
-def celery_worker(transactional_db, broker, artifact_store):
+def celery_worker(transactional_db, artifact_store):
     """A real Celery worker on the default queue, using the test database and this test's artifact store."""
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "DJANGO_SETTINGS_MODULE": "controlplane.settings.test",
-        "ARTIFACT_STORE_URL": f"file://{artifact_store}",
-        "WORKER_HEARTBEAT_SECONDS": "1",
-    }
-    hostname = f"cliworker-{uuid.uuid4().hex[:6]}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "controlplane",
-            "worker",
-            "-n",
-            f"default@{hostname}",
-            "-Q",
-            "default",
-            "--concurrency",
-            "1",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while not Worker.objects.filter(hostname=f"default@{hostname}").exists():
-        assert process.poll() is None, "the worker exited during start-up"
-        assert time.monotonic() < deadline, "the worker sent no heartbeat within 60 s"
-        time.sleep(0.3)
-    yield process
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    flush_broker()
+    with celery_worker_process(
+        node="default", queues="default", extra_env={"ARTIFACT_STORE_URL": f"file://{artifact_store}"}
+    ) as process:
+        yield process
+    flush_broker()
 
 
 @pytest.fixture
