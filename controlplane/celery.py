@@ -54,6 +54,16 @@ app.conf.beat_schedule = {
         "schedule": 30.0,
         "options": {"expires": 29},
     },
+    "evaluate-budgets": {
+        "task": "apps.accounting.tasks.budgets_evaluate",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    "prune-usage-events": {
+        "task": "apps.accounting.tasks.usage_prune",
+        "schedule": 3600.0,
+        "options": {"expires": 3500},
+    },
 }
 app.autodiscover_tasks()
 

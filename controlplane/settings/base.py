@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "apps.core",
     "apps.registry",
+    "apps.accounting",
 ]
 
 MIDDLEWARE = [
@@ -201,3 +202,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# Accounting: raw usage events older than this are pruned (the hourly/daily rollups stay).
+ACCOUNTING_RAW_RETENTION_DAYS = int(env("ACCOUNTING_RAW_RETENTION_DAYS", "90"))
+# Accounting: most usage events one ingestion request may carry.
+ACCOUNTING_MAX_BATCH = int(env("ACCOUNTING_MAX_BATCH", "1000"))
+# Budget alerts go out by e-mail through this backend (console by default) from this sender.
+EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "controlplane@localhost")

@@ -1,0 +1,69 @@
+"""One filter set per list: raw usage events, usage summaries, budgets and prices."""
+
+import django_filters
+
+from apps.core.filters import BooleanFilter
+
+from .models import Budget, BudgetPeriod, BudgetScope, PriceEntry, UsageEvent, UsageHourly
+
+
+class _UsageFilter(django_filters.FilterSet):
+    project = django_filters.CharFilter(field_name="project__slug", max_length=50)
+    model = django_filters.CharFilter(max_length=200)
+    deployment = django_filters.CharFilter(max_length=200)
+    user = django_filters.CharFilter(max_length=150)
+    team = django_filters.CharFilter(max_length=100)
+
+    def __init__(self, data=None, *args, **kwargs):
+        # `from` and `to` are Python keywords: the query string uses them, the filters are named start and end.
+        if data is not None:
+            data = data.copy()
+            for outer, inner in (("from", "start"), ("to", "end")):
+                if outer in data:
+                    data[inner] = data.pop(outer)[-1]
+        super().__init__(data, *args, **kwargs)
+
+
+class UsageEventFilter(_UsageFilter):
+    provider = django_filters.CharFilter(max_length=50)
+    status = django_filters.CharFilter(max_length=20)
+    is_error = BooleanFilter()
+    event_id = django_filters.CharFilter(max_length=200)
+    start = django_filters.IsoDateTimeFilter(field_name="time", lookup_expr="gte", label="from")
+    end = django_filters.IsoDateTimeFilter(field_name="time", lookup_expr="lt", label="to")
+
+    class Meta:
+        model = UsageEvent
+        fields = ["project", "model", "deployment", "provider", "user", "team", "status", "is_error", "event_id"]
+
+
+class UsageSummaryFilter(_UsageFilter):
+    """The same query parameters over the rollups (hourly or daily, chosen by the view)."""
+
+    start = django_filters.IsoDateTimeFilter(field_name="bucket", lookup_expr="gte", label="from")
+    end = django_filters.IsoDateTimeFilter(field_name="bucket", lookup_expr="lt", label="to")
+
+    class Meta:
+        model = UsageHourly
+        fields = ["project", "model", "deployment", "user", "team"]
+
+
+class BudgetFilter(django_filters.FilterSet):
+    project = django_filters.CharFilter(field_name="project__slug", max_length=50)
+    scope = django_filters.ChoiceFilter(choices=BudgetScope.choices)
+    period = django_filters.ChoiceFilter(choices=BudgetPeriod.choices)
+    hard_limit = BooleanFilter()
+
+    class Meta:
+        model = Budget
+        fields = ["project", "scope", "period", "hard_limit"]
+
+
+class PriceFilter(django_filters.FilterSet):
+    project = django_filters.CharFilter(field_name="project__slug", max_length=50)
+    provider = django_filters.CharFilter(max_length=50)
+    model = django_filters.CharFilter(field_name="model_pattern", lookup_expr="icontains", max_length=200)
+
+    class Meta:
+        model = PriceEntry
+        fields = ["project", "provider", "model"]

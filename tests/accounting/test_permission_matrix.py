@@ -1,0 +1,155 @@
+"""The accounting routes in the permission matrix (format and cases: tests/core/test_permission_matrix.py)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from types import SimpleNamespace
+
+import pytest
+from django.urls import reverse
+
+from apps.accounting.ingestion import usage_ingest
+from apps.accounting.models import Budget, PriceEntry, UsageEvent
+from apps.core.models import Role
+from tests.core.test_permission_matrix import (  # noqa: F401  (world is a fixture used here)
+    ABSENT,
+    NEXT_WEAKER,
+    PRESENT,
+    SCOPES_BELOW,
+    Rule,
+    World,
+    _client,
+    _expected,
+    _list,
+    world,
+)
+
+EFFECTIVE = "2025-01-01T00:00:00Z"
+
+
+def _accounting(w: World) -> SimpleNamespace:
+    """One usage event, price override and budget in the world's project, made on first use."""
+    if "accounting" not in w.__dict__:
+        robot = w.service_account.user
+        usage_ingest(user=robot, events=[{"id": "m-0", "model": "gpt-4o", "prompt_tokens": 5}], project=w.project.slug)
+        w.accounting = SimpleNamespace(
+            event=UsageEvent.objects.get(event_id="m-0"),
+            override=PriceEntry.objects.create(
+                project=w.project,
+                model_pattern="matrix-model",
+                effective_from=datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC),
+            ),
+            budget=Budget.objects.create(project=w.project, name="matrix", amount=10),
+        )
+    return w.accounting
+
+
+SPEC: dict[tuple[str, str], Rule] = {
+    ("accounting-api:usage-event-list", "GET"): _list(Role.VIEWER, lambda w: _accounting(w).event.pk),
+    # Every event naming an invisible project is rejected, so the whole batch is a 400 that reads like a missing one.
+    ("accounting-api:usage-event-list", "POST"): Rule(
+        Role.DEVELOPER,
+        200,
+        lower=403,
+        other=400,
+        limited=400,
+        scope="write",
+        body=lambda w: {"project": w.project.slug, "events": [{"id": "m-1", "model": "gpt-4o", "prompt_tokens": 1}]},
+    ),
+    # Summaries are over what the caller can see: an outsider gets an empty 200 (tests/accounting/test_api.py).
+    ("accounting-api:usage-summary", "GET"): Rule(Role.VIEWER, 200, other=200, limited=200),
+    ("accounting-api:usage-summary-csv", "GET"): Rule(Role.VIEWER, 200, other=200, limited=200),
+    # Counting touches no project's data: any signed-in caller; compare without ?text= is the same 400 for all.
+    ("accounting-api:token-count", "POST"): Rule(
+        "anyone", 200, other=200, limited=200, body=lambda w: {"text": "hello world", "tokenizer": "cl100k_base"}
+    ),
+    ("accounting-api:token-compare", "GET"): Rule("anyone", 400, other=400, limited=400),
+    ("accounting-api:price-list", "GET"): _list(Role.VIEWER, lambda w: _accounting(w).override.pk),
+    ("accounting-api:price-list", "POST"): Rule(
+        Role.ADMIN,
+        201,
+        lower=403,
+        other=400,
+        limited=400,
+        scope="admin",
+        body=lambda w: {
+            "project": w.project.slug,
+            "model_pattern": "gpt-4o",
+            "input_per_million": "1",
+            "effective_from": EFFECTIVE,
+        },
+    ),
+    ("accounting-api:price-detail", "GET"): Rule(Role.VIEWER, 200),
+    ("accounting-api:price-detail", "PATCH"): Rule(
+        Role.ADMIN, 200, lower=403, scope="admin", body=lambda w: {"input_per_million": "3"}
+    ),
+    ("accounting-api:price-detail", "DELETE"): Rule(Role.ADMIN, 204, lower=403, scope="admin"),
+    ("accounting-api:budget-list", "GET"): _list(Role.VIEWER, lambda w: _accounting(w).budget.pk),
+    ("accounting-api:budget-list", "POST"): Rule(
+        Role.ADMIN,
+        201,
+        lower=403,
+        other=400,
+        limited=400,
+        scope="admin",
+        body=lambda w: {"project": w.project.slug, "name": "monthly", "amount": "100", "thresholds": [50, 80]},
+    ),
+    ("accounting-api:budget-detail", "GET"): Rule(Role.VIEWER, 200),
+    ("accounting-api:budget-detail", "PATCH"): Rule(
+        Role.ADMIN, 200, lower=403, scope="admin", body=lambda w: {"amount": "20"}
+    ),
+    ("accounting-api:budget-detail", "DELETE"): Rule(Role.ADMIN, 204, lower=403, scope="admin"),
+    ("accounting-api:budget-status", "GET"): Rule(Role.VIEWER, 200),
+}
+
+URL_KWARGS = {
+    "accounting-api:price-detail": lambda w: {"pk": _accounting(w).override.pk},
+    "accounting-api:budget-detail": lambda w: {"pk": _accounting(w).budget.pk},
+    "accounting-api:budget-status": lambda w: {"pk": _accounting(w).budget.pk},
+}
+
+
+def _cases():
+    for (name, method), rule in SPEC.items():
+        yield name, method, "ok"
+        if rule.who in NEXT_WEAKER and rule.lower is not None:
+            yield name, method, "lower"
+        yield name, method, "other"
+        yield name, method, "anon"
+        if rule.scope:
+            yield name, method, "scope"
+        if rule.limited is not None:
+            yield name, method, "limited"
+
+
+@pytest.mark.parametrize(("name", "method", "case"), [pytest.param(*c, id=f"{c[0]}:{c[1]}:{c[2]}") for c in _cases()])
+def test_accounting_permission_matrix(world, name, method, case):  # noqa: F811
+    rule = SPEC[(name, method)]
+    _accounting(world)  # lists must find their rows before the request
+    who = {"ok": rule.who, "lower": NEXT_WEAKER.get(rule.who), "other": "outsider", "anon": "anon"}.get(case, rule.who)
+    scopes = SCOPES_BELOW[rule.scope] if case == "scope" else ("read", "write", "admin")
+    client = _client(world, who, scopes=scopes, limited=case == "limited")
+    url = reverse(name, kwargs=URL_KWARGS[name](world) if name in URL_KWARGS else None)
+    is_list_get = method == "GET" and name.endswith("-list")
+    body = rule.body(world) if rule.body and not is_list_get else None
+
+    response = client.generic(
+        method, url, data=json.dumps(body) if body is not None else "", content_type="application/json"
+    )
+
+    expected = _expected(rule, case)
+    if expected in (PRESENT, ABSENT):
+        assert response.status_code == 200, response.content
+        listed = [item["id"] for item in response.json()["results"]]
+        assert (rule.body(world) in listed) == (expected == PRESENT), listed
+        return
+    assert response.status_code == expected, response.content
+    if expected >= 400:
+        error = response.json()["error"]
+        assert set(error) == {"code", "message", "details"} and error["message"]
+    if case == "anon":
+        assert response.json()["error"]["code"] == "not_authenticated"
+        assert response["WWW-Authenticate"] == "Bearer"
+    if case == "scope":
+        assert f"'{rule.scope}'" in response.json()["error"]["message"]

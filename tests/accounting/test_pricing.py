@@ -1,0 +1,108 @@
+import datetime
+from decimal import Decimal
+
+import pytest
+
+from apps.accounting import services
+from apps.accounting.ingestion import usage_ingest
+from apps.accounting.models import PriceCatalog, PriceEntry, UsageDaily, UsageEvent
+from apps.accounting.pricing import Tokens, catalog_load_default, cost_compute, price_resolve
+from apps.core.models import AuditEvent
+
+from .conftest import T0, event
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_most_specific_pattern_wins(catalog, project):
+    mini = price_resolve(project_id=project.pk, model="gpt-4o-mini-2024-07-18", provider="openai", at=T0)
+    full = price_resolve(project_id=project.pk, model="gpt-4o-2024-08-06", provider="openai", at=T0)
+    assert mini.model_pattern == "gpt-4o-mini*" and full.model_pattern == "gpt-4o*"
+    exact = PriceEntry.objects.create(
+        catalog=catalog, model_pattern="gpt-4o-mini-2024-07-18", effective_from=T0 - datetime.timedelta(days=1)
+    )
+    assert price_resolve(project_id=project.pk, model="gpt-4o-mini-2024-07-18", provider="openai", at=T0) == exact
+    assert price_resolve(project_id=project.pk, model="llama-3", provider="openai", at=T0) is None
+
+
+def test_a_project_override_beats_the_catalog_and_stays_in_its_project(catalog, project, other_project):
+    override = PriceEntry.objects.create(
+        project=project, model_pattern="gpt-*", input_per_million=5, effective_from=T0 - datetime.timedelta(days=1)
+    )
+    assert price_resolve(project_id=project.pk, model="gpt-4o", provider="openai", at=T0) == override
+    assert price_resolve(project_id=other_project.pk, model="gpt-4o", provider="openai", at=T0).catalog == catalog
+
+
+def test_effective_dates_pick_the_price_of_the_time(catalog, project):
+    PriceEntry.objects.filter(catalog=catalog, model_pattern="gpt-4o*").update(effective_to=T0)
+    newer = PriceEntry.objects.create(
+        catalog=catalog, model_pattern="gpt-4o*", provider="openai", input_per_million=1, effective_from=T0
+    )
+    before = price_resolve(project_id=project.pk, model="gpt-4o", provider="openai", at=T0 - datetime.timedelta(1))
+    assert before.input_per_million == Decimal(2)
+    assert price_resolve(project_id=project.pk, model="gpt-4o", provider="openai", at=T0) == newer
+
+
+def test_cost_charges_cached_and_output_tokens_at_their_rates(catalog, project):
+    entry = price_resolve(project_id=project.pk, model="gpt-4o", provider="openai", at=T0)
+    # 800 uncached × 2 + 200 cached × 1 + 100 output × 10, per million
+    assert cost_compute(entry, Tokens(prompt=1000, completion=100, cached=200)) == Decimal("0.0028")
+
+
+def test_the_shipped_catalog_is_loaded_once_with_dated_prices(db):
+    catalog, created = catalog_load_default()
+    assert not created and PriceCatalog.objects.filter(version=catalog.version).count() == 1
+    old = price_resolve(
+        project_id=None, model="gpt-4o", provider="openai", at=datetime.datetime(2024, 6, 1, tzinfo=datetime.UTC)
+    )
+    new = price_resolve(
+        project_id=None, model="gpt-4o", provider="openai", at=datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+    )
+    assert (old.input_per_million, new.input_per_million) == (Decimal(5), Decimal("2.5"))
+
+
+def test_changing_a_price_keeps_stored_costs_and_reprice_reports_then_applies(catalog, project, admin_user):
+    usage_ingest(user=admin_user, events=[event(i) for i in range(3)], project=project.slug)
+    stored = list(UsageEvent.objects.values_list("computed_cost", flat=True))
+    assert stored == [Decimal("0.003")] * 3  # 1000 × 2 + 100 × 10 per million
+
+    newer = PriceCatalog.objects.create(version=101)
+    PriceEntry.objects.create(
+        catalog=newer,
+        model_pattern="gpt-4o*",
+        input_per_million=4,
+        output_per_million=20,
+        effective_from=T0 - datetime.timedelta(1),
+    )
+    override = services.price_override_create(
+        user=admin_user,
+        project=project,
+        model_pattern="gpt-4o-mini",
+        input_per_million=Decimal(1),
+        effective_from=T0,
+    )
+    assert AuditEvent.objects.filter(action="accounting.price_override.create", object_id=str(override.pk)).exists()
+    assert list(UsageEvent.objects.values_list("computed_cost", flat=True)) == stored
+
+    period = {"project": project, "start": T0, "end": T0 + datetime.timedelta(days=1), "catalog_version": 101}
+    report = services.reprice(**period)
+    assert (report["events"], report["changed"], Decimal(report["difference"])) == (3, 3, Decimal("0.009"))
+    assert list(UsageEvent.objects.values_list("computed_cost", flat=True)) == stored  # a report mutates nothing
+
+    services.reprice(**period, apply=True)
+    assert set(UsageEvent.objects.values_list("computed_cost", "catalog_version")) == {(Decimal("0.006"), 101)}
+    assert UsageDaily.objects.get().cost == Decimal("0.018")
+
+
+def test_raw_events_past_retention_are_pruned_and_rollups_stay(settings, catalog, project, admin_user):
+    from django.utils import timezone
+
+    from apps.accounting.rollups import usage_events_prune
+
+    settings.ACCOUNTING_RAW_RETENTION_DAYS = 30
+    now = timezone.now()
+    old, recent = (now - datetime.timedelta(days=40)).isoformat(), now.isoformat()
+    usage_ingest(user=admin_user, events=[event(1, time=old), event(2, time=recent)], project=project.slug)
+    assert usage_events_prune(now=now) == 1
+    assert list(UsageEvent.objects.values_list("event_id", flat=True)) == ["ev-2"]
+    assert sum(UsageDaily.objects.values_list("requests", flat=True)) == 2
