@@ -159,11 +159,13 @@ class ProjectSecret(TimeStampedModel):
     """A named secret of a project (e.g. a Hugging Face token), encrypted at rest and never shown back."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="secrets")
-    name = models.CharField(max_length=100, validators=[RegexValidator(r"^[A-Z][A-Z0-9_]{0,99}$",
-                                                                       "Use UPPER_SNAKE_CASE, e.g. HF_TOKEN.")])
+    name = models.CharField(
+        max_length=100, validators=[RegexValidator(r"^[A-Z][A-Z0-9_]{0,99}$", "Use UPPER_SNAKE_CASE, e.g. HF_TOKEN.")]
+    )
     encrypted_value = models.TextField()
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     project_path = "project"
 

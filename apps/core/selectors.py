@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from django.db.models import Q, QuerySet
 
-from .models import ApiToken, AuditEvent, Job, Membership, Organization, Project, ServiceAccount, Team, Worker
+from .models import (
+    ApiToken,
+    AuditEvent,
+    Job,
+    Membership,
+    Organization,
+    Project,
+    ProjectSecret,
+    ServiceAccount,
+    Team,
+    Worker,
+)
 from .permissions import Action, project_ids, restrict
 
 
@@ -27,6 +38,11 @@ def team_list(*, user) -> QuerySet[Team]:
 
 def service_account_list(*, user) -> QuerySet[ServiceAccount]:
     return restrict(ServiceAccount.objects.select_related("project", "user"), user, Action.MANAGE)
+
+
+def project_secret_list(*, user) -> QuerySet[ProjectSecret]:
+    """Secrets (names only) of the projects the user administers."""
+    return restrict(ProjectSecret.objects.select_related("project"), user, Action.MANAGE)
 
 
 def api_token_list(*, user) -> QuerySet[ApiToken]:

@@ -30,3 +30,24 @@ def test_a_token_cannot_mint_one_that_outlives_it(project, member_factory, clien
         user=user, name="later", scopes=["read"], expires_at=timezone.now() + datetime.timedelta(days=30)
     )
     assert later.expires_at == parent.expires_at
+
+
+def test_project_secret_values_are_encrypted_and_never_shown(project, member_factory, client_for):
+    from apps.core.models import ProjectSecret
+    from apps.core.services import project_secret_value
+
+    client = client_for(member_factory(Role.ADMIN))
+    created = client.post(
+        "/api/v1/secrets/", {"project": "alpha", "name": "HF_TOKEN", "value": "hf_TOPSECRET"}, format="json"
+    )
+    assert created.status_code == 201 and "value" not in created.json()
+    listed = client.get("/api/v1/secrets/")
+    detail = client.get(f"/api/v1/secrets/{created.json()['id']}/")
+    audit = client.get("/api/v1/audit-events/?action=project_secret.")
+    for response in (created, listed, detail, audit):
+        assert "hf_TOPSECRET" not in response.content.decode()
+    stored = ProjectSecret.objects.get()
+    assert "hf_TOPSECRET" not in stored.encrypted_value
+    assert project_secret_value(project=project, name="HF_TOKEN") == "hf_TOPSECRET"
+    bad = client.post("/api/v1/secrets/", {"project": "alpha", "name": "lower", "value": "x"}, format="json")
+    assert bad.status_code == 400 and "UPPER_SNAKE_CASE" in bad.json()["error"]["message"]

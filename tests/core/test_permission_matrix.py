@@ -29,12 +29,14 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from apps.core import crypto
 from apps.core.models import (
     ApiToken,
     AuditEvent,
     Job,
     JobStatus,
     Membership,
+    ProjectSecret,
     Role,
     ServiceAccount,
     Team,
@@ -94,6 +96,7 @@ class World:
     job: Any
     failed_job: Any
     worker: Any
+    secret: Any
     users: dict[str, Any] = field(default_factory=dict)
 
     def user(self, who: str, *, limited: bool = False):
@@ -145,6 +148,7 @@ def world(project, other_project) -> World:
         job=Job.objects.create(project=project, job_type="core.device_check"),
         failed_job=Job.objects.create(project=project, job_type="core.device_check", status=JobStatus.FAILED),
         worker=Worker.objects.create(hostname="gpu-1", queues=["gpu.gpu-1"], started_at=now, last_seen_at=now),
+        secret=ProjectSecret.objects.create(project=project, name="HF_TOKEN", encrypted_value=crypto.encrypt("x")),
     )
 
 
@@ -248,6 +252,18 @@ SPEC: dict[tuple[str, str], Rule] = {
         body=lambda w: {"project": w.project.slug, "name": "ci"},
     ),
     ("core-api:service-account-detail", "GET"): Rule(Role.ADMIN, 200, lower=404, scope="admin"),
+    ("core-api:secret-list", "GET"): _list(Role.ADMIN, lambda w: w.secret.pk, lower=ABSENT, scope="admin"),
+    ("core-api:secret-list", "POST"): Rule(
+        Role.ADMIN,
+        201,
+        lower=403,
+        other=400,
+        limited=400,
+        scope="admin",
+        body=lambda w: {"project": w.project.slug, "name": "WANDB_KEY", "value": "s3cr3t"},
+    ),
+    ("core-api:secret-detail", "GET"): Rule(Role.ADMIN, 200, lower=404, scope="admin"),
+    ("core-api:secret-detail", "DELETE"): Rule(Role.ADMIN, 204, lower=404, scope="admin"),
     ("core-api:token-list", "GET"): _list(Role.ADMIN, lambda w: w.sa_token.pk, lower=ABSENT),
     ("core-api:token-list", "POST"): Rule(
         Role.ADMIN,
@@ -291,6 +307,7 @@ URL_KWARGS: dict[str, Callable[[World], dict]] = {
     "core-api:membership-detail": lambda w: {"pk": w.membership.pk},
     "core-api:team-detail": lambda w: {"pk": w.team.pk},
     "core-api:service-account-detail": lambda w: {"pk": w.service_account.pk},
+    "core-api:secret-detail": lambda w: {"pk": w.secret.pk},
     "core-api:token-detail": lambda w: {"pk": w.sa_token.pk},
     "core-api:token-revoke": lambda w: {"pk": w.sa_token.pk},
     "core-api:audit-event-detail": lambda w: {"pk": w.event.pk},

@@ -13,6 +13,7 @@ from ..models import (
     Membership,
     Organization,
     Project,
+    ProjectSecret,
     Role,
     ServiceAccount,
     Team,
@@ -153,6 +154,22 @@ class ServiceAccountSerializer(ModelSerializer):
         model = ServiceAccount
         fields = ["id", "project", "name", "role", "username", "created_at"]
         read_only_fields = ["id", "username", "created_at"]
+
+
+class ProjectSecretSerializer(ModelSerializer):
+    """A secret's name and dates. The value is write-only: no response ever carries it."""
+
+    project = VisibleSlugRelatedField(slug_field="slug", queryset=Project.objects.all())
+    name = StrictRegexField(
+        r"^[A-Z][A-Z0-9_]{0,99}$", max_length=100, error_messages={"invalid": "Use UPPER_SNAKE_CASE, e.g. HF_TOKEN."}
+    )
+    value = StrictCharField(write_only=True, max_length=10_000, trim_whitespace=False)
+
+    class Meta:
+        model = ProjectSecret
+        fields = ["id", "project", "name", "value", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+        validators = []  # the service replaces a secret of the same name
 
 
 class ApiTokenSerializer(ModelSerializer):

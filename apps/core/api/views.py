@@ -221,6 +221,30 @@ class ServiceAccountViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Ba
         return self.created(s.ServiceAccountSerializer, account)
 
 
+class ProjectSecretViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseViewSet):
+    """Project secrets (e.g. HF_TOKEN for Hub imports): encrypted at rest, values never returned."""
+
+    serializer_class = s.ProjectSecretSerializer
+    ordering_fields = ["name", "created_at"]
+    object_action = {"destroy": Action.MANAGE}
+    scope_action = {"list": Action.MANAGE, "retrieve": Action.MANAGE, "create": Action.MANAGE, "destroy": Action.MANAGE}
+
+    def selector(self):
+        return selectors.project_secret_list(user=self.request.user)
+
+    @extend_schema(request=s.ProjectSecretSerializer, responses={201: s.ProjectSecretSerializer})
+    def create(self, request):
+        data = self.validated(s.ProjectSecretSerializer, request.data)
+        secret = services.project_secret_set(
+            user=request.user, project=data["project"], name=data["name"], value=data["value"]
+        )
+        return self.created(s.ProjectSecretSerializer, secret)
+
+    def destroy(self, request, pk=None):
+        services.project_secret_delete(user=request.user, secret=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseViewSet):
     """Personal and service-account tokens. The secret appears only in the create response."""
 
