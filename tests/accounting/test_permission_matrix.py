@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import datetime
-import json
 from types import SimpleNamespace
 
 import pytest
-from django.urls import reverse
 
 from apps.accounting.ingestion import usage_ingest
 from apps.accounting.models import Budget, PriceEntry, UsageEvent
@@ -19,9 +17,9 @@ from tests.core.test_permission_matrix import (  # noqa: F401  (world is a fixtu
     SCOPES_BELOW,
     Rule,
     World,
-    _client,
-    _expected,
     _list,
+    check_matrix_case,
+    matrix_cases,
     world,
 )
 
@@ -110,46 +108,7 @@ URL_KWARGS = {
 }
 
 
-def _cases():
-    for (name, method), rule in SPEC.items():
-        yield name, method, "ok"
-        if rule.who in NEXT_WEAKER and rule.lower is not None:
-            yield name, method, "lower"
-        yield name, method, "other"
-        yield name, method, "anon"
-        if rule.scope:
-            yield name, method, "scope"
-        if rule.limited is not None:
-            yield name, method, "limited"
-
-
-@pytest.mark.parametrize(("name", "method", "case"), [pytest.param(*c, id=f"{c[0]}:{c[1]}:{c[2]}") for c in _cases()])
+@pytest.mark.parametrize(("name", "method", "case"), matrix_cases(SPEC))
 def test_accounting_permission_matrix(world, name, method, case):  # noqa: F811
-    rule = SPEC[(name, method)]
     _accounting(world)  # lists must find their rows before the request
-    who = {"ok": rule.who, "lower": NEXT_WEAKER.get(rule.who), "other": "outsider", "anon": "anon"}.get(case, rule.who)
-    scopes = SCOPES_BELOW[rule.scope] if case == "scope" else ("read", "write", "admin")
-    client = _client(world, who, scopes=scopes, limited=case == "limited")
-    url = reverse(name, kwargs=URL_KWARGS[name](world) if name in URL_KWARGS else None)
-    is_list_get = method == "GET" and name.endswith("-list")
-    body = rule.body(world) if rule.body and not is_list_get else None
-
-    response = client.generic(
-        method, url, data=json.dumps(body) if body is not None else "", content_type="application/json"
-    )
-
-    expected = _expected(rule, case)
-    if expected in (PRESENT, ABSENT):
-        assert response.status_code == 200, response.content
-        listed = [item["id"] for item in response.json()["results"]]
-        assert (rule.body(world) in listed) == (expected == PRESENT), listed
-        return
-    assert response.status_code == expected, response.content
-    if expected >= 400:
-        error = response.json()["error"]
-        assert set(error) == {"code", "message", "details"} and error["message"]
-    if case == "anon":
-        assert response.json()["error"]["code"] == "not_authenticated"
-        assert response["WWW-Authenticate"] == "Bearer"
-    if case == "scope":
-        assert f"'{rule.scope}'" in response.json()["error"]["message"]
+    check_matrix_case(world, SPEC, URL_KWARGS, name, method, case)
