@@ -11,10 +11,6 @@ from apps.accounting.ingestion import usage_ingest
 from apps.accounting.models import Budget, PriceEntry, UsageEvent
 from apps.core.models import Role
 from tests.core.test_permission_matrix import (  # noqa: F401  (world is a fixture used here)
-    ABSENT,
-    NEXT_WEAKER,
-    PRESENT,
-    SCOPES_BELOW,
     Rule,
     World,
     _list,
