@@ -205,3 +205,20 @@ def test_job_survives_its_worker_being_killed(project, member_factory, celery_wo
     jobs.job_cancel(user=user, job=job)
     job = wait_for(lambda: Job.objects.filter(pk=job.pk, status=JobStatus.CANCELLED).first())
     assert job.finished_at is not None
+
+
+def test_an_idle_websocket_stays_open_and_still_receives_updates(transactional_db, project, member_factory, broker):
+    """channels_redis blocks on Redis for 5 s per receive: an idle socket must outlive several of those reads."""
+    user = member_factory(Role.DEVELOPER)
+
+    async def scenario():
+        socket = await _connect("/ws/projects/alpha/events/", user)
+        assert await socket.receive_json_from(timeout=5) == {"type": "hello", "project": "alpha"}
+        assert await socket.receive_nothing(timeout=12)  # idle across two blocking reads
+        job = await database_sync_to_async(jobs.job_create)(user=user, project=project, job_type="core.device_check")
+        update = await socket.receive_json_from(timeout=10)
+        await socket.disconnect()
+        return str(job.id), update
+
+    job_id, update = async_to_sync(scenario)()
+    assert update["type"] == "job" and update["job"]["id"] == job_id and update["job"]["status"] == "queued"
