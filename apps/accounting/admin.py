@@ -1,15 +1,17 @@
 from django.contrib import admin
 
+from apps.core.admin_audit import AuditedModelAdmin
+
 from .models import AccountingSettings, Budget, BudgetAlert, PriceCatalog, PriceEntry
 
 
 @admin.register(PriceCatalog)
-class PriceCatalogAdmin(admin.ModelAdmin):
+class PriceCatalogAdmin(AuditedModelAdmin):
     list_display = ["version", "description", "created_at"]
 
 
 @admin.register(PriceEntry)
-class PriceEntryAdmin(admin.ModelAdmin):
+class PriceEntryAdmin(AuditedModelAdmin):
     list_display = ["model_pattern", "provider", "catalog", "project", "input_per_million", "output_per_million",
                     "effective_from", "effective_to"]  # fmt: skip
     list_filter = ["provider", "catalog"]
@@ -17,16 +19,16 @@ class PriceEntryAdmin(admin.ModelAdmin):
 
 
 @admin.register(AccountingSettings)
-class AccountingSettingsAdmin(admin.ModelAdmin):
+class AccountingSettingsAdmin(AuditedModelAdmin):
     list_display = ["project", "store_text"]
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
+class BudgetAdmin(AuditedModelAdmin):
     list_display = ["name", "project", "scope", "period", "amount", "hard_limit"]
     list_filter = ["scope", "period", "hard_limit"]
 
 
 @admin.register(BudgetAlert)
-class BudgetAlertAdmin(admin.ModelAdmin):
+class BudgetAlertAdmin(AuditedModelAdmin):
     list_display = ["budget", "threshold", "period_start", "email_sent_at", "webhook_sent_at"]

@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from .admin_audit import AuditedModelAdmin
 from .models import (
     ApiToken,
     AuditEvent,
@@ -15,7 +16,7 @@ from .models import (
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(AuditedModelAdmin):
     list_display = ["name", "slug", "created_at"]
     search_fields = ["name", "slug"]
     filter_horizontal = ["owners"]
@@ -28,7 +29,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(AuditedModelAdmin):
     list_display = ["name", "slug", "organization", "created_at"]
     list_filter = ["organization"]
     search_fields = ["name", "slug"]
@@ -36,7 +37,7 @@ class ProjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(AuditedModelAdmin):
     list_display = ["name", "slug", "organization"]
     list_filter = ["organization"]
     search_fields = ["name", "slug"]
@@ -44,7 +45,7 @@ class TeamAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(AuditedModelAdmin):
     list_display = ["project", "user", "team", "role", "created_at"]
     list_filter = ["role", "project"]
     search_fields = ["user__username", "team__name", "project__slug"]
@@ -52,21 +53,21 @@ class MembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(ObjectGrant)
-class ObjectGrantAdmin(admin.ModelAdmin):
+class ObjectGrantAdmin(AuditedModelAdmin):
     list_display = ["content_type", "object_id", "user", "team", "role", "project"]
     list_filter = ["role", "content_type"]
     search_fields = ["object_id", "user__username", "team__name"]
 
 
 @admin.register(ServiceAccount)
-class ServiceAccountAdmin(admin.ModelAdmin):
+class ServiceAccountAdmin(AuditedModelAdmin):
     list_display = ["name", "project", "user", "created_at"]
     list_filter = ["project"]
     search_fields = ["name"]
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(AuditedModelAdmin):
     """Tokens can be revoked here; their secret is never shown (only a hash is stored)."""
 
     list_display = ["name", "key_prefix", "user", "project", "scopes", "expires_at", "last_used_at", "revoked_at"]
@@ -87,7 +88,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(AuditedModelAdmin):
     """Read-only: the audit log is append-only."""
 
     list_display = ["created_at", "actor_label", "action", "object_type", "object_id", "project", "ip_address"]
@@ -106,7 +107,7 @@ class AuditEventAdmin(admin.ModelAdmin):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(AuditedModelAdmin):
     list_display = ["id", "job_type", "project", "status", "progress", "message", "worker", "created_at"]
     list_filter = ["status", "job_type", "project"]
     search_fields = ["id", "job_type", "message", "task_id"]
@@ -114,7 +115,7 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(Worker)
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(AuditedModelAdmin):
     list_display = ["hostname", "queues", "last_seen_at", "stopped_at"]
     search_fields = ["hostname"]
     readonly_fields = ["hostname", "queues", "devices", "pid", "started_at", "last_seen_at", "stopped_at"]

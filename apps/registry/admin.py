@@ -6,13 +6,14 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
+from apps.core.admin_audit import AuditedModelAdmin
 from apps.core.permissions import PermissionDenied
 
 from .models import Alias, Lineage, ModelVersion, Promotion, RegisteredModel, ScanPolicy, Upload, VersionFile
 from .services import version_delete
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(AuditedModelAdmin):
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
@@ -123,5 +124,5 @@ class UploadAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ScanPolicy)
-class ScanPolicyAdmin(admin.ModelAdmin):
+class ScanPolicyAdmin(AuditedModelAdmin):
     list_display = ["organization", "updated_at"]

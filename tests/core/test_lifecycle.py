@@ -51,3 +51,23 @@ def test_project_secret_values_are_encrypted_and_never_shown(project, member_fac
     assert project_secret_value(project=project, name="HF_TOKEN") == "hf_TOPSECRET"
     bad = client.post("/api/v1/secrets/", {"project": "alpha", "name": "lower", "value": "x"}, format="json")
     assert bad.status_code == 400 and "UPPER_SNAKE_CASE" in bad.json()["error"]["message"]
+
+
+def test_changes_made_in_the_admin_are_audited(client, org):
+    from django.contrib.auth import get_user_model
+
+    from apps.registry.models import ScanPolicy
+
+    admin_user = get_user_model().objects.create_superuser("root", "root@example.com", "correct-horse-battery")
+    client.force_login(admin_user)
+    response = client.post(
+        "/admin/registry/scanpolicy/add/", {"organization": org.pk, "allowed_globals": '["mylib.*"]'}
+    )
+    assert response.status_code == 302, response.content[:500]
+    policy = ScanPolicy.objects.get(organization=org)
+    event = AuditEvent.objects.get(action="scanpolicy.create.admin")
+    assert event.actor == admin_user and event.object_id == str(policy.pk)
+    assert event.changes["allowed_globals"] == [None, ["mylib.*"]]
+    client.post(f"/admin/registry/scanpolicy/{policy.pk}/delete/", {"post": "yes"})
+    assert not ScanPolicy.objects.exists()
+    assert AuditEvent.objects.filter(action="scanpolicy.delete.admin", object_id=str(policy.pk)).exists()
