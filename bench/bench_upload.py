@@ -8,7 +8,6 @@ re-upload and for a safetensors derivative with 10 % of its tensors changed. Siz
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from apps.registry import storage
 from apps.registry.models import ModelVersion
 from apps.registry.tasks import job_complete_upload
 from controlplane.devstack import free_port, wait_for_port
+from workers.files import file_sha256
 
 SIZE_MB = int(os.environ.get("BENCH_UPLOAD_MB", "2048"))
 THREADS = 4
@@ -46,14 +46,6 @@ def _make_file(path: Path, size_mb: int) -> None:
             f.write(os.urandom(1024 * 1024))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 * 1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class Client:
     def __init__(self, base: str, token: str):
         self.base = base
@@ -62,7 +54,7 @@ class Client:
 
     def push(self, project: str, name: str, files: dict[str, Path]) -> tuple[float, int]:
         """Upload and complete; returns (seconds spent sending parts, job id)."""
-        manifest = [{"path": p, "size": f.stat().st_size, "sha256": _sha256(f)} for p, f in files.items()]
+        manifest = [{"path": p, "size": f.stat().st_size, "sha256": file_sha256(f)} for p, f in files.items()]
         opened = self.session.post(
             f"{self.base}/api/v1/registry/uploads/", json={"project": project, "name": name, "files": manifest}
         )

@@ -9,7 +9,6 @@ is copied unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import zipfile
@@ -19,9 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from workers.files import file_sha256
+
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 INDEX_SUFFIX = ".index.json"
-HASH_BLOCK = 1024 * 1024
 
 
 class ConversionError(Exception):
@@ -103,12 +103,9 @@ def _plan_outputs(files: list[dict], renamed: dict[str, str]) -> dict[str, str]:
 
 
 def _verify_sha256(path: Path, expected: str, name: str) -> None:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    if digest.hexdigest() != expected:
-        raise ConversionError(f"{name}: sha256 {digest.hexdigest()} does not match the registry's {expected}.")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ConversionError(f"{name}: sha256 {actual} does not match the registry's {expected}.")
 
 
 def _load_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
@@ -159,9 +156,5 @@ def _rewrite_index(path: Path, name: str, renamed: dict[str, str]) -> bytes:
 
 
 def _manifest_entry(out_dir: Path, path: str) -> dict:
-    digest = hashlib.sha256()
     target = out_dir / path
-    with open(target, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return {"path": path, "size": target.stat().st_size, "sha256": digest.hexdigest()}
+    return {"path": path, "size": target.stat().st_size, "sha256": file_sha256(target)}

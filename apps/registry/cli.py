@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 import requests
 from tqdm import tqdm
 
+from workers.files import file_hasher, file_sha256
+
 STATE_FILE = ".cpctl-upload.json"
 BLOCK = 1024 * 1024
 TIMEOUT = (10, 300)  # connect, read (seconds)
@@ -226,12 +228,7 @@ def _manifest(files: list[tuple[str, Path]], cached: dict) -> tuple[list[dict], 
             todo.append((relative, path, stat))
     with _bar(sum(stat.st_size for _, _, stat in todo), desc="hashing") as bar:
         for relative, path, stat in todo:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                while block := f.read(BLOCK):
-                    digest.update(block)
-                    bar.update(len(block))
-            hashes[relative] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+            hashes[relative] = [stat.st_size, stat.st_mtime_ns, file_sha256(path, bar.update)]
     for relative, _ in files:
         size, _, sha256 = hashes[relative]
         manifest.append({"path": relative, "size": size, "sha256": sha256})
@@ -386,16 +383,6 @@ def cmd_push(api: Api, args: argparse.Namespace) -> None:
 # pull ----------------------------------------------------------------------------------------------------------
 
 
-def _file_sha256(path: Path, on_bytes: Callable[[int], None] | None = None) -> Any:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK):
-            digest.update(block)
-            if on_bytes:
-                on_bytes(len(block))
-    return digest
-
-
 def _download(api: Api, entry: dict, target: Path, on_bytes: Callable[[int], None]) -> None:
     """Fetch one file into `target.part` (resuming what is there), verify its sha256, rename it into place."""
     partial = target.with_name(target.name + ".part")
@@ -407,7 +394,7 @@ def _download(api: Api, entry: dict, target: Path, on_bytes: Callable[[int], Non
             offset = 0
         if offset and attempt == 0:
             tqdm.write(f"{entry['path']}: resuming at {_size(offset)}", file=sys.stderr)
-        digest = _file_sha256(partial, on_bytes) if offset else hashlib.sha256()
+        digest = file_hasher(partial, on_bytes) if offset else hashlib.sha256()
         try:
             if offset < entry["size"]:
                 headers = {"Range": f"bytes={offset}-", "If-Range": f'"{entry["sha256"]}"'} if offset else {}
@@ -443,7 +430,7 @@ def cmd_pull(api: Api, args: argparse.Namespace) -> None:
         if not target.resolve().is_relative_to(root):
             raise CliError(f"Refusing to write {entry['path']!r} outside {directory}.")
         intact = target.is_file() and target.stat().st_size == entry["size"]
-        if intact and _file_sha256(target).hexdigest() == entry["sha256"]:
+        if intact and file_hasher(target).hexdigest() == entry["sha256"]:
             continue  # already here
         todo.append((entry, target))
     version = manifest["version"]

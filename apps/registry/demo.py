@@ -7,13 +7,13 @@ Used by `manage.py seed_demo`; `register_directory` is also how tests push a rea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from apps.core.models import Project
+from workers.files import file_sha256
 
 from .models import ModelVersion, Origin, Promotion, PromotionStatus, RegisteredModel, Relation, Task, VersionStatus
 from .services import alias_set, registered_model_create, version_create
@@ -52,13 +52,6 @@ def _file_blocks(path: Path) -> Iterator[bytes]:
             yield block
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    for block in _file_blocks(path):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 def register_directory(
     *,
     user,
@@ -72,7 +65,7 @@ def register_directory(
     paths = sorted(p for p in Path(directory).rglob("*") if p.is_file())
     entries = [
         (
-            {"path": p.relative_to(directory).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)},
+            {"path": p.relative_to(directory).as_posix(), "size": p.stat().st_size, "sha256": file_sha256(p)},
             p,
         )
         for p in paths

@@ -14,7 +14,6 @@ symlinked directories are not followed (symlinked files are, when they resolve i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
@@ -33,6 +32,7 @@ from apps.core.models import Job, Project, ProjectSecret
 from apps.core.permissions import Action, PermissionDenied, check
 from apps.core.services import project_secret_value
 from controlplane.celery import QueueName
+from workers.files import file_sha256
 
 from .models import ModelVersion, Relation, VersionStatus
 from .services import NAME_RE, version_create
@@ -165,16 +165,18 @@ def _hash(files: list[tuple[str, Path]], progress: Callable[[int, str], None]) -
     total = sum(path.stat().st_size for _, path in files) or 1
     done, reported, manifest = 0, -1, []
     for relative, path in files:
-        digest, size = hashlib.sha256(), 0
-        with open(path, "rb") as f:
-            while block := f.read(READ_BLOCK):
-                digest.update(block)
-                size += len(block)
-                done += len(block)
-                if 100 * done // total != reported:  # one write (and push) per percent, not per block
-                    reported = 100 * done // total
-                    progress(reported, f"hashing {relative}")
-        manifest.append({"path": relative, "size": size, "sha256": digest.hexdigest()})
+        size = 0
+
+        def advance(n: int, relative=relative) -> None:
+            nonlocal done, reported, size
+            size += n
+            done += n
+            if 100 * done // total != reported:  # one write (and push) per percent, not per block
+                reported = 100 * done // total
+                progress(reported, f"hashing {relative}")
+
+        sha256 = file_sha256(path, advance)
+        manifest.append({"path": relative, "size": size, "sha256": sha256})
     return manifest
 
 
