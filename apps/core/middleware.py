@@ -37,8 +37,13 @@ class RequestContextMiddleware:
         return response
 
 
+def error_body(code: str, message: str, details=None) -> dict:
+    """The one error shape of the API, for DRF views and for errors raised outside them alike."""
+    return {"error": {"code": str(code), "message": message, "details": details or {}}}
+
+
 def api_error(status: int, code: str, message: str, details=None) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message, "details": details or {}}}, status=status)
+    return JsonResponse(error_body(code, message, details), status=status)
 
 
 def is_api_path(path: str) -> bool:

@@ -11,6 +11,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from ..middleware import error_body
 from ..permissions import PermissionDenied as ActionDenied
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,11 @@ def exception_handler(exc, context):
     else:
         code = getattr(getattr(exc, "detail", None), "code", None) or exc.default_code
         message, details = _message_from(detail.get("detail", detail) if isinstance(detail, dict) else detail), {}
-    response.data = {"error": {"code": str(code), "message": message, "details": details}}
+    response.data = error_body(code, message, details)
     if response.status_code == status.HTTP_401_UNAUTHORIZED and "WWW-Authenticate" not in response:
         response["WWW-Authenticate"] = "Bearer"
     return response
 
 
 def error_response(status_code: int, code: str, message: str, details=None) -> Response:
-    return Response({"error": {"code": code, "message": message, "details": details or {}}}, status=status_code)
+    return Response(error_body(code, message, details), status=status_code)
