@@ -1,4 +1,4 @@
-"""ASGI entry point: Django for HTTP, Channels for websockets (session-authenticated)."""
+"""ASGI entry point: the gateway for /v1 and /v2, Django for the rest of HTTP, Channels for websockets."""
 
 import os
 
@@ -12,10 +12,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from apps.core.routing import websocket_urlpatterns  # noqa: E402
+from apps.deployments.gateway.app import Gateway  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": Gateway(fallback=django_asgi_app),  # /v1 and /v2 go to the gateway
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

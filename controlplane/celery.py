@@ -59,6 +59,11 @@ app.conf.beat_schedule = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    "drain-gateway-usage": {
+        "task": "apps.accounting.tasks.usage_stream_drain",
+        "schedule": 1.0,
+        "options": {"expires": 5},
+    },
     "prune-usage-events": {
         "task": "apps.accounting.tasks.usage_prune",
         "schedule": 3600.0,
@@ -99,11 +104,21 @@ def _start_heartbeat(sender, **_):
             _heartbeat_stop.wait(_heartbeat_seconds())
 
     threading.Thread(target=beat, name="controlplane-heartbeat", daemon=True).start()
+    if QueueName.GPU.value in queues:  # GPU workers run the local model-server replicas
+        from apps.deployments.supervisor import start_thread
+
+        start_thread(hostname)
 
 
 @signals.worker_shutdown.connect
 def _stop_heartbeat(sender, **_):
     _heartbeat_stop.set()
+    try:
+        from apps.deployments.supervisor import stop_thread
+
+        stop_thread()
+    except Exception:
+        logger.warning("could not stop the replica supervisor", exc_info=True)
     try:
         from apps.core.fleet import worker_stopped
 

@@ -8,6 +8,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/registry/", include("apps.registry.api.urls")),
     path("api/v1/accounting/", include("apps.accounting.api.urls")),
+    path("api/v1/", include("apps.deployments.api.urls")),
     path("api/v1/", include("apps.core.api.urls")),
     path("", include("apps.registry.urls")),
     path("", include("apps.core.urls")),

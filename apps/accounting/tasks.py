@@ -59,3 +59,12 @@ def usage_prune() -> int:
 @shared_task(name="apps.accounting.tasks.budgets_evaluate")
 def budgets_evaluate() -> int:
     return budgets.budgets_evaluate()
+
+
+@shared_task(name="apps.accounting.tasks.usage_stream_drain", ignore_result=True)
+def usage_stream_drain() -> dict:
+    """Store the gateway's usage records (every second from beat; several workers may drain at once)."""
+    from .usage_stream import drain
+
+    result = drain(max_batches=200)
+    return {"read": result.read, "stored": result.stored, "duplicates": result.duplicates}

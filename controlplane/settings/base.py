@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.registry",
     "apps.accounting",
+    "apps.deployments",
 ]
 
 MIDDLEWARE = [
@@ -215,3 +216,30 @@ ACCOUNTING_MAX_BATCH = int(env("ACCOUNTING_MAX_BATCH", "1000"))
 # Budget alerts go out by e-mail through this backend (console by default) from this sender.
 EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "controlplane@localhost")
+
+# Deployments: where local replicas keep their model files and logs; the address other hosts reach them at.
+RUNTIME_DIR = Path(env("RUNTIME_DIR", str(BASE_DIR / ".devstack" / "runtime")))
+RUNTIME_ADVERTISE_HOST = env("RUNTIME_ADVERTISE_HOST", "127.0.0.1")
+# A replica not ready this long after it started is restarted; after this many failed starts in a row it fails.
+RUNTIME_START_TIMEOUT_SECONDS = int(env("RUNTIME_START_TIMEOUT_SECONDS", "300"))
+RUNTIME_MAX_FAILED_STARTS = int(env("RUNTIME_MAX_FAILED_STARTS", "3"))
+# Restart backoff after a crash: base × 2^(restarts-1), capped.
+RUNTIME_BACKOFF_SECONDS = float(env("RUNTIME_BACKOFF_SECONDS", "2"))
+RUNTIME_BACKOFF_MAX_SECONDS = float(env("RUNTIME_BACKOFF_MAX_SECONDS", "60"))
+# How often each GPU worker's supervisor checks its replicas.
+RUNTIME_SUPERVISE_SECONDS = float(env("RUNTIME_SUPERVISE_SECONDS", "1"))
+# A revision that lost its traffic keeps serving in-flight requests this long before its replicas stop.
+DEPLOYMENT_DRAIN_SECONDS = int(env("DEPLOYMENT_DRAIN_SECONDS", "10"))
+
+# Gateway: how long a request waits for a scaled-to-zero deployment to start, and how stale its routing may be.
+GATEWAY_COLD_START_SECONDS = float(env("GATEWAY_COLD_START_SECONDS", "120"))
+GATEWAY_ROUTE_TTL_SECONDS = float(env("GATEWAY_ROUTE_TTL_SECONDS", "1"))
+GATEWAY_AUTH_TTL_SECONDS = float(env("GATEWAY_AUTH_TTL_SECONDS", "5"))
+GATEWAY_UPSTREAM_TIMEOUT_SECONDS = float(env("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", "600"))
+GATEWAY_MAX_BODY_BYTES = int(env("GATEWAY_MAX_BODY_BYTES", str(8 * 1024 * 1024)))
+# Checks that may refuse a request before it is sent (budgets, rate limits): dotted paths of async callables.
+GATEWAY_GUARDS = env_list("GATEWAY_GUARDS", "")
+# Usage records go to this Redis stream; a worker consumes them in batches.
+GATEWAY_USAGE_STREAM = env("GATEWAY_USAGE_STREAM", "gateway:usage")
+# Kubernetes: the storageUri of a version that was not imported from hf:// or s3:// (a volume you fill with cpctl).
+MODEL_STORAGE_URI_TEMPLATE = env("MODEL_STORAGE_URI_TEMPLATE", "pvc://controlplane-models/{project}/{model}/{version}")
