@@ -32,6 +32,10 @@ class _AuthorizedConsumer(AsyncJsonWebsocketConsumer):
     async def job_update(self, event):
         await self.send_json({"type": "job", "job": event["job"]})
 
+    async def deployment_state(self, event):
+        # apps.deployments.states sends revision and replica state changes to the project's group too.
+        await self.send_json({"type": "state", "state": event["state"]})
+
 
 class JobConsumer(_AuthorizedConsumer):
     @database_sync_to_async

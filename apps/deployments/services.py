@@ -30,7 +30,7 @@ REVISION_AUDIT_FIELDS = ("number", "model_version_id", "dtype", "accelerator_id"
 
 
 def _secret_name(deployment_slug: str, env_name: str) -> str:
-    return f"{deployment_slug.upper().replace('-', '_')}_{env_name.upper()}"[:100]
+    return f"DEPLOY_{deployment_slug.upper().replace('-', '_')}_{env_name.upper()}"[:100]
 
 
 def _store_secrets(user, project: Project, slug: str, data: dict, values: dict) -> None:
@@ -163,7 +163,7 @@ def replicas_scale(revision: Revision, count: int) -> None:
             replica.next_start_at = None
             replica.save(update_fields=["desired", "next_start_at", "updated_at"])
             if replica.state in (State.STOPPED, State.FAILED):
-                transition(replica, State.PENDING, "scaled up")
+                transition(replica, State.PENDING, "scaled up", restarts=0)
     for index, replica in existing.items():
         if index >= count and replica.desired != Desired.STOPPED:
             replica.desired = Desired.STOPPED
@@ -359,7 +359,8 @@ def revision_restart(*, user, revision: Revision) -> Revision:
             }
         )
     with transaction.atomic():
-        Revision.objects.filter(pk=revision.pk).update(state=State.STOPPED)  # failed → stopped → starting
+        revision = Revision.objects.select_for_update().select_related("deployment").get(pk=revision.pk)
+        transition(revision, State.STOPPED, "restart requested")  # failed → stopped → starting
         audit_record(
             actor=user,
             action="deployment.revision.restart",

@@ -255,6 +255,8 @@ def resolve_spec(user, project: Project, data: dict, *, previous: Revision | Non
         errors["min_replicas"] = "Must not exceed max_replicas."
     if values["tensor_parallel"] * values["pipeline_parallel"] > values["accelerator_count"]:
         errors["tensor_parallel"] = "tensor_parallel × pipeline_parallel exceeds the accelerator count."
+    if deployment_target == Target.LOCAL and values["dtype"] in (Dtype.INT8, Dtype.INT4):
+        errors["dtype"] = "The local model server runs fp32, bf16 or fp16; int8/int4 need the Kubernetes vLLM runtime."
     if accelerator.is_cpu and values["accelerator_count"] != 1:
         errors["accelerator_count"] = "A CPU deployment uses one CPU host per replica."
     if values["min_replicas"] == 0 and not values.get("scale_to_zero_seconds"):

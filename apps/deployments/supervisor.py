@@ -391,8 +391,11 @@ def _scale(load: dict[int, tuple[int, float]]) -> None:
     for revision in serving:
         inflight, last = load.get(revision.pk, (0, 0.0))
         running = revision.replicas.filter(desired=Desired.RUNNING).count()
-        last_activity = max(last, (revision.ready_at or timezone.now()).timestamp())
-        if revision.scale_to_zero_seconds and running and now - last_activity > revision.scale_to_zero_seconds:
+        woken = revision.last_request_at or revision.ready_at or timezone.now()
+        last_activity = max(last, woken.timestamp(), (revision.ready_at or woken).timestamp())
+        starting = revision.replicas.filter(desired=Desired.RUNNING).exclude(state=State.READY).exists()
+        idle = inflight == 0 and not starting and now - last_activity > (revision.scale_to_zero_seconds or 0)
+        if revision.scale_to_zero_seconds and running and idle:
             with transaction.atomic():
                 services.replicas_scale(Revision.objects.select_for_update().get(pk=revision.pk), 0)
             _note(revision, f"idle for {revision.scale_to_zero_seconds} s: scaled to zero")

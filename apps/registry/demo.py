@@ -140,9 +140,10 @@ def _tiny_lm_tensors(config: dict, *, tuned: bool) -> dict:
     return tensors
 
 
-def _build_tiny_lm(directory: Path, *, tuned: bool) -> None:
+def write_tiny_lm(directory: Path, *, tuned: bool = False) -> Path:
     """Write a GPT-2-style causal LM that transformers loads (config.json, model.safetensors, a byte-level BPE
-    tokenizer trained here on a few sentences: nothing is downloaded).
+    tokenizer trained here on a few sentences: nothing is downloaded) into `directory`, and return it. Touches no
+    database: the model-server tests build their model with it.
 
     Written with numpy, safetensors and tokenizers rather than by instantiating the transformers model: the same
     files, without importing torch and transformers, which would take most of the seed's time.
@@ -193,6 +194,7 @@ def _build_tiny_lm(directory: Path, *, tuned: bool) -> None:
     }
     _write_json(directory / "config.json", config)
     save_file(_tiny_lm_tensors(config, tuned=tuned), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -247,11 +249,11 @@ def seed_registry(admin, project: Project) -> dict[str, ModelVersion]:
     with tempfile.TemporaryDirectory(prefix="demo-lm-") as workdir:
         if base_version is None:
             directory = Path(workdir) / "base"
-            _build_tiny_lm(directory, tuned=False)
+            write_tiny_lm(directory, tuned=False)
             base_version = register_directory(user=admin, project=project, name=TINY_LM_NAME, directory=directory)
         if tuned_version is None:
             directory = Path(workdir) / "tuned"
-            _build_tiny_lm(directory, tuned=True)
+            write_tiny_lm(directory, tuned=True)
             tuned_version = register_directory(
                 user=admin,
                 project=project,

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import re
 import ssl
+import sys
 import tempfile
 import threading
 import uuid
@@ -32,10 +33,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import kserve.models as kserve_models
 import kubernetes.client.models as k8s_models
 import yaml
 from pydantic import ValidationError
+
+
+def _import_kserve_models():
+    """kserve parses sys.argv when imported (kserve.model_server); hide pytest's arguments from it."""
+    saved, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        import kserve.models
+
+        return kserve.models
+    finally:
+        sys.argv = saved
+
+
+kserve_models = _import_kserve_models()
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 ITEM_PATH = re.compile(rf"^/apis/{GROUP}/{VERSION}/namespaces/(?P<namespace>[^/]+)/{PLURAL}/(?P<name>[^/]+)$")

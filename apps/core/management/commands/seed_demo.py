@@ -8,6 +8,7 @@ from django.db import transaction
 
 from apps.core import jobs, services
 from apps.core.models import Job, Membership, Organization, Project, Role, Team
+from apps.deployments.demo import seed_deployments
 from apps.registry.demo import seed_registry
 
 DEMO_USERS = {
@@ -67,6 +68,8 @@ class Command(BaseCommand):
             )
         seeded = seed_registry(admin, projects["demo"])
         self.stdout.write(f"Registry: {', '.join(f'{name}:{v.number} ({v.status})' for name, v in seeded.items())}")
+        deployments = seed_deployments(admin, projects["demo"], seeded)
+        self.stdout.write(f"Deployments (served by the gpu worker): {', '.join(d.slug for d in deployments)}")
         self.stdout.write(
             self.style.SUCCESS(
                 f"Demo data ready: organization 'acme', projects 'demo' and 'research'; users "
