@@ -71,6 +71,9 @@ class Team(TimeStampedModel):
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=50, validators=[slug_validator])
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="teams", blank=True)
+    # Gateway rate limits shared by the team's members (empty: none), enforced through Redis.
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
 
     project_path = None
 
@@ -204,6 +207,9 @@ class ApiToken(TimeStampedModel):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Gateway rate limits of this token (empty: none), enforced through Redis.
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

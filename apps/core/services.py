@@ -153,11 +153,18 @@ def team_create(*, user, organization: Organization, name: str, slug: str, membe
 
 
 @transaction.atomic
-def team_update(*, user, team: Team, name: str | None = None, members: Iterable | None = None) -> Team:
+def team_update(
+    *, user, team: Team, name: str | None = None, members: Iterable | None = None, **limits: int | None
+) -> Team:
+    """Rename, change members, or set the gateway rate limits (`requests_per_minute`, `tokens_per_minute`)."""
     _require_org_owner(user, team.organization)
     before = {**snapshot(team), "members": sorted(m.get_username() for m in team.members.all())}
     if name is not None:
         team.name = name
+    for field, value in limits.items():
+        if field not in ("requests_per_minute", "tokens_per_minute"):
+            raise TypeError(f"unknown team field {field}")
+        setattr(team, field, value)
     _save_unique(team, "Could not update the team.")
     if members is not None:
         team.members.set(members)
@@ -298,6 +305,8 @@ def api_token_create(
     project: Project | None = None,
     expires_at: datetime.datetime | None = None,
     owner=None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token for `owner` (default: the acting user; a service account needs project admin).
 
@@ -332,6 +341,8 @@ def api_token_create(
         scopes=scopes,
         expires_at=expires_at,
         created_by=user,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
     )
     token.full_clean()
     token.save()

@@ -237,8 +237,11 @@ GATEWAY_ROUTE_TTL_SECONDS = float(env("GATEWAY_ROUTE_TTL_SECONDS", "1"))
 GATEWAY_AUTH_TTL_SECONDS = float(env("GATEWAY_AUTH_TTL_SECONDS", "5"))
 GATEWAY_UPSTREAM_TIMEOUT_SECONDS = float(env("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", "600"))
 GATEWAY_MAX_BODY_BYTES = int(env("GATEWAY_MAX_BODY_BYTES", str(8 * 1024 * 1024)))
-# Checks that may refuse a request before it is sent (budgets, rate limits): dotted paths of async callables.
-GATEWAY_GUARDS = env_list("GATEWAY_GUARDS", "")
+# Checks that may refuse a request before it is sent (budgets, rate limits): dotted paths of classes with an async
+# check(ctx) and an optional settle(ctx, usage).
+GATEWAY_GUARDS = env_list("GATEWAY_GUARDS", "apps.accounting.guards.BudgetGuard,apps.accounting.guards.RateLimitGuard")
+# How long the gateway trusts a budget verdict for one caller before reading the spend again.
+GATEWAY_BUDGET_CHECK_SECONDS = float(env("GATEWAY_BUDGET_CHECK_SECONDS", "5"))
 # Usage records go to this Redis stream; a worker consumes them in batches.
 GATEWAY_USAGE_STREAM = env("GATEWAY_USAGE_STREAM", "gateway:usage")
 # Kubernetes: the storageUri of a version that was not imported from hf:// or s3:// (a volume you fill with cpctl).

@@ -133,12 +133,15 @@ class TeamSerializer(ModelSerializer):
 
     class Meta:
         model = Team
-        fields = ["id", "organization", "name", "slug", "members", "created_at"]
+        fields = ["id", "organization", "name", "slug", "members", "requests_per_minute", "tokens_per_minute",
+                  "created_at"]
         read_only_fields = ["id", "created_at"]
 
 
 class TeamUpdateSerializer(serializers.Serializer):
     name = StrictCharField(max_length=100, required=False)
+    requests_per_minute = serializers.IntegerField(min_value=1, max_value=10**9, required=False, allow_null=True)
+    tokens_per_minute = serializers.IntegerField(min_value=1, max_value=10**12, required=False, allow_null=True)
     members = serializers.SlugRelatedField(
         slug_field="username", many=True, queryset=User.objects.all(), required=False
     )
@@ -189,6 +192,8 @@ class ApiTokenSerializer(ModelSerializer):
             "expires_at",
             "last_used_at",
             "revoked_at",
+            "requests_per_minute",
+            "tokens_per_minute",
             "created_at",
             "is_active",
         ]
@@ -210,6 +215,8 @@ class ApiTokenCreateSerializer(serializers.Serializer):
     service_account = VisiblePrimaryKeyRelatedField(
         queryset=ServiceAccount.objects.all(), required=False, allow_null=True
     )
+    requests_per_minute = serializers.IntegerField(min_value=1, max_value=10**9, required=False, allow_null=True)
+    tokens_per_minute = serializers.IntegerField(min_value=1, max_value=10**12, required=False, allow_null=True)
 
 
 class ApiTokenCreatedSerializer(ApiTokenSerializer):

@@ -270,6 +270,8 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseView
             project=data.get("project"),
             expires_at=data.get("expires_at"),
             owner=account.user if account else None,
+            requests_per_minute=data.get("requests_per_minute"),
+            tokens_per_minute=data.get("tokens_per_minute"),
         )
         token.token = raw
         return self.created(s.ApiTokenCreatedSerializer, token)

@@ -69,6 +69,8 @@ class Refusal:
 
 @dataclass
 class GuardContext:
+    """What a guard sees: who asks, which deployment and revision, and the request body."""
+
     principal: Principal
     route: Route
     revision: RevisionRoute
@@ -87,6 +89,7 @@ class Call:
     revision: RevisionRoute | None = None
     tags: tuple[str, ...] = ()
     kind: str = ""
+    guarded: GuardContext | None = None
 
 
 def _error_body(api: str, error: GatewayError) -> bytes:
@@ -152,7 +155,7 @@ class Gateway:
                 auto_decompress=False,
             )
             self.recorder.start()
-            self.guards = [_load(path) for path in settings.GATEWAY_GUARDS]
+            self.guards = [_load(path)() for path in settings.GATEWAY_GUARDS]
 
     # Plumbing -------------------------------------------------------------------------------------------------
 
@@ -249,8 +252,11 @@ class Gateway:
         return route.revisions[-1]
 
     async def _guard(self, call: Call, body: dict) -> None:
-        for guard in self.guards or ():
-            refusal = await guard(GuardContext(call.principal, call.route, call.revision, body))
+        if not self.guards:
+            return
+        call.guarded = GuardContext(call.principal, call.route, call.revision, body)
+        for guard in self.guards:
+            refusal = await guard.check(call.guarded)
             if refusal is not None:
                 wait = max(1, int(refusal.reset_at - time.time() + 0.999))
                 raise GatewayError(
@@ -691,6 +697,11 @@ class Gateway:
         if not usage and status != "ok":
             record["prompt_tokens"] = record["completion_tokens"] = 0
         self.recorder.record(record)
+        if usage and call.guarded is not None:
+            for guard in self.guards:
+                settle = getattr(guard, "settle", None)
+                if settle is not None:
+                    settle(call.guarded, usage)
 
 
 def _input_texts(kind: str, body: dict) -> list[str]:

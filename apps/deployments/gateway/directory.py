@@ -16,6 +16,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db.models import Q
 
 from apps.core import crypto
 from apps.core.models import Membership, Project
@@ -27,6 +28,16 @@ from ..models import Deployment, Desired, Replica, Revision, State, Target
 
 
 @dataclass(frozen=True)
+class Limit:
+    """A rate limit that applies to the caller: its token's or its team's."""
+
+    key: str
+    label: str
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+
+
+@dataclass(frozen=True)
 class Principal:
     user_id: int
     username: str
@@ -35,6 +46,7 @@ class Principal:
     team_id: int | None
     project_ids: frozenset[int] | None  # None: every project (superuser)
     project_slugs: dict[int, str]
+    limits: tuple[Limit, ...] = ()
 
     def may_invoke(self, project_id: int) -> bool:
         return self.project_ids is None or project_id in self.project_ids
@@ -116,6 +128,13 @@ def _principal(raw: str) -> Principal | None:
     slugs = dict(Project.objects.filter(pk__in=ids).values_list("pk", "slug")) if ids is not None else {}
     membership = Membership.objects.filter(team__members=user).select_related("team").order_by("team__name").first()
     team = membership.team if membership else None
+    limits = []
+    if token.requests_per_minute or token.tokens_per_minute:
+        limits.append(Limit(f"token:{token.pk}", f"token {token.key_prefix}", token.requests_per_minute,
+                            token.tokens_per_minute))
+    for member_of in user.teams.filter(Q(requests_per_minute__isnull=False) | Q(tokens_per_minute__isnull=False)):
+        limits.append(Limit(f"team:{member_of.pk}", f"team {member_of.name}", member_of.requests_per_minute,
+                            member_of.tokens_per_minute))
     return Principal(
         user_id=user.pk,
         username=user.get_username(),
@@ -124,6 +143,7 @@ def _principal(raw: str) -> Principal | None:
         team_id=team.pk if team else None,
         project_ids=ids,
         project_slugs=slugs,
+        limits=tuple(limits),
     )
 
 
