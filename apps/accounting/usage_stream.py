@@ -26,7 +26,6 @@ from . import ingestion, tokenizers
 logger = logging.getLogger(__name__)
 GROUP = "accounting"
 BATCH = 1000
-CLAIM_IDLE_MS = 30_000
 
 
 @dataclass
@@ -145,7 +144,9 @@ def drain(*, max_batches: int = 1000, block_ms: int | None = None, consumer: str
     # Records a dead consumer read but never acknowledged.
     cursor = "0-0"
     while True:
-        cursor, claimed, *_ = client.xautoclaim(stream, GROUP, consumer, CLAIM_IDLE_MS, start_id=cursor, count=BATCH)
+        cursor, claimed, *_ = client.xautoclaim(
+            stream, GROUP, consumer, settings.USAGE_STREAM_CLAIM_IDLE_MS, start_id=cursor, count=BATCH
+        )
         if claimed:
             _store(client, stream, [e for e in claimed if e[1]], result)
             gone = [e[0] for e in claimed if not e[1]]

@@ -244,5 +244,7 @@ GATEWAY_GUARDS = env_list("GATEWAY_GUARDS", "apps.accounting.guards.BudgetGuard,
 GATEWAY_BUDGET_CHECK_SECONDS = float(env("GATEWAY_BUDGET_CHECK_SECONDS", "5"))
 # Usage records go to this Redis stream; a worker consumes them in batches.
 GATEWAY_USAGE_STREAM = env("GATEWAY_USAGE_STREAM", "gateway:usage")
+# Records a consumer read but did not acknowledge for this long (it died) are claimed by another consumer.
+USAGE_STREAM_CLAIM_IDLE_MS = int(env("USAGE_STREAM_CLAIM_IDLE_MS", "30000"))
 # Kubernetes: the storageUri of a version that was not imported from hf:// or s3:// (a volume you fill with cpctl).
 MODEL_STORAGE_URI_TEMPLATE = env("MODEL_STORAGE_URI_TEMPLATE", "pvc://controlplane-models/{project}/{model}/{version}")

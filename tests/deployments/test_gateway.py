@@ -210,7 +210,7 @@ def test_usage_records_survive_a_consumer_that_dies_before_acknowledging(
         drain(consumer="first")
     assert UsageEvent.objects.filter(project=project).count() == 5  # stored, but still pending in the stream
     monkeypatch.undo()
-    monkeypatch.setattr(usage_stream, "CLAIM_IDLE_MS", 0)
+    monkeypatch.setattr(settings, "USAGE_STREAM_CLAIM_IDLE_MS", 0)
     result = drain(consumer="second")
     assert result.read == 5 and result.duplicates == 5 and result.stored == 0
     assert UsageEvent.objects.filter(project=project).count() == 5
