@@ -344,6 +344,7 @@ def command_run() -> int:
             wait_for_port(int(port), timeout=60)
             print(f"\n  Control plane: http://127.0.0.1:{port}/   (API docs: http://127.0.0.1:{port}/api/docs/)")
             print("  Login: admin (password printed above on first run, or CONTROLPLANE_ADMIN_PASSWORD)")
+            print(f"  Gateway: http://127.0.0.1:{port}/v1 (OpenAI) and /v2 (KServe V2); demo models tiny-chat, minilm")
             print(f"  Logs: {logs}/   Environment for manage.py: source {DEVSTACK_DIR / 'env'}")
             print("  Ctrl-C stops everything; data stays in .devstack/ for the next run.\n", flush=True)
             while not stopping:
