@@ -59,6 +59,11 @@ app.conf.beat_schedule = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    "poll-kubernetes-revisions": {
+        "task": "apps.deployments.tasks.clusters_poll",
+        "schedule": 15.0,
+        "options": {"expires": 14},
+    },
     "drain-gateway-usage": {
         "task": "apps.accounting.tasks.usage_stream_drain",
         "schedule": 1.0,

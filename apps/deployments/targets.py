@@ -124,3 +124,28 @@ def revision_probe(revision_id: int) -> None:
             services.revision_failed(revision, reason)
         else:
             services.revision_became_ready(revision)
+
+
+def clusters_poll() -> int:
+    """Read back the status of Kubernetes revisions still starting; returns how many were checked."""
+    starting = Revision.objects.filter(
+        state=State.STARTING, deployment__target=Target.KUBERNETES, deployment__cluster__isnull=False
+    ).select_related("deployment__cluster")
+    checked = 0
+    for revision in starting:
+        cluster = revision.deployment.cluster
+        try:
+            status = kube.status(
+                crypto.decrypt(cluster.encrypted_kubeconfig), cluster.namespace, revision.deployment.slug
+            )
+        except kube.ClusterError as exc:
+            logger.warning("status of %s: %s", revision, exc)
+            continue
+        checked += 1
+        with transaction.atomic():
+            revision = Revision.objects.select_for_update().get(pk=revision.pk)
+            revision.cluster_status = status
+            revision.save(update_fields=["cluster_status"])
+            if status.get("ready") and revision.state == State.STARTING:
+                services.revision_became_ready(revision)
+    return checked
