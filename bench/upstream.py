@@ -49,6 +49,8 @@ class Upstream:
         if self.key and dict(scope["headers"]).get(b"authorization", b"") != b"Bearer " + self.key:
             return await self._json(send, 401, {"error": {"message": "bad key", "type": "auth", "code": "invalid"}})
         path = scope["path"]
+        if not path.startswith("/v1/") or path.startswith("/v1/v1/"):  # like a provider: only its own routes
+            return await self._json(send, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
         if path.endswith("/models"):
             return await self._json(
                 send,

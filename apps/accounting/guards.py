@@ -24,6 +24,7 @@ from django.contrib.auth import get_user_model
 
 from apps.core.models import ApiToken, Project, Team
 from apps.deployments.gateway.app import GuardContext, Refusal
+from apps.deployments.gateway.directory import TimedCache
 
 from .budgets import budget_check
 from .models import Budget
@@ -51,22 +52,16 @@ def _budget_refusal(key: tuple) -> Refusal | None:
 
 class BudgetGuard:
     def __init__(self):
-        self.verdicts: dict[tuple, tuple[float, Refusal | None]] = {}
+        ttl = settings.GATEWAY_BUDGET_CHECK_SECONDS
+        self.verdicts = TimedCache(ttl, stale=ttl > 0)  # 0: read the spend on every request
 
     async def check(self, ctx: GuardContext) -> Refusal | None:
         principal = ctx.principal
         key = (ctx.route.project_id, principal.user_id, principal.team_id, principal.token_id, ctx.route.slug)
-        now = time.monotonic()
-        hit = self.verdicts.get(key)
-        if hit is None or hit[0] < now:
-            refusal = await sync_to_async(_budget_refusal)(key)
-            if len(self.verdicts) > 50_000:
-                self.verdicts.clear()
-            hit = self.verdicts[key] = (now + settings.GATEWAY_BUDGET_CHECK_SECONDS, refusal)
-        refusal = hit[1]
+        refusal = await self.verdicts.get(key, lambda k: sync_to_async(_budget_refusal)(k))
         if refusal is not None and refusal.reset_at <= time.time():
-            self.verdicts.pop(key, None)  # the period turned over: look again
-            return await self.check(ctx)
+            self.verdicts.forget(key)  # the period turned over: look again
+            refusal = await self.verdicts.get(key, lambda k: sync_to_async(_budget_refusal)(k))
         return refusal
 
 

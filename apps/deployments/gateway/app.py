@@ -333,7 +333,9 @@ class Gateway:
                 if call.revision.api_key:
                     headers["authorization"] = f"Bearer {call.revision.api_key}"
                 try:
-                    response = await self.session.request(method, endpoint + path, data=body, headers=headers)
+                    response = await self.session.request(
+                        method, _url(call.revision, endpoint, path), data=body, headers=headers
+                    )
                 except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                     self.bad_until[endpoint] = time.monotonic() + BAD_ENDPOINT_SECONDS
                     last_error = exc.__class__.__name__
@@ -541,9 +543,10 @@ class Gateway:
         """The mirror copy: its answer is read and dropped, and recorded as a shadow request."""
         endpoint = random.choice(call.revision.endpoints)
         try:
-            async with self.session.post(
-                endpoint + path, data=body, headers={"content-type": "application/json"}
-            ) as response:
+            headers = {"content-type": "application/json"}
+            if call.revision.api_key:
+                headers["authorization"] = f"Bearer {call.revision.api_key}"
+            async with self.session.post(_url(call.revision, endpoint, path), data=body, headers=headers) as response:
                 payload = await response.read()
             usage = {}
             if response.status == 200:
@@ -702,6 +705,13 @@ class Gateway:
                 settle = getattr(guard, "settle", None)
                 if settle is not None:
                     settle(call.guarded, usage)
+
+
+def _url(revision: RevisionRoute, endpoint: str, path: str) -> str:
+    """OpenAI paths (/v1/…) go under the revision's OpenAI prefix; KServe V2 paths under the endpoint itself."""
+    if path.startswith("/v1/"):
+        return endpoint + revision.openai_prefix + path[3:]
+    return endpoint + path
 
 
 def _input_texts(kind: str, body: dict) -> list[str]:

@@ -64,7 +64,8 @@ class RevisionRoute:
     max_input_tokens: int
     max_total_tokens: int
     served_name: str
-    endpoints: list[str]  # base URLs; the OpenAI routes live under /v1 of each
+    endpoints: list[str]  # base URLs: KServe V2 routes live at /v2/… of each, OpenAI routes at openai_prefix
+    openai_prefix: str = "/v1"  # external upstreams' base URL already ends where /chat/completions follows
     api_key: str = ""
     wakeable: bool = False
     tokenizer_file: str = ""
@@ -87,31 +88,39 @@ class Route:
         return sum(r.weight for r in self.revisions)
 
 
-class _TimedCache:
-    def __init__(self, ttl: float):
+class TimedCache:
+    """Values kept `ttl` seconds, loaded once however many requests ask at the same time. With `stale`, an expired
+    value is still served while one background refresh runs, so a refresh never stalls the requests behind it."""
+
+    def __init__(self, ttl: float, *, stale: bool = True):
         self.ttl = ttl
+        self.stale = stale
         self.values: dict[Any, tuple[float, Any]] = {}
-        self.locks: dict[Any, asyncio.Lock] = {}
+        self.loading: dict[Any, asyncio.Task] = {}
 
     async def get(self, key, load):
-        now = time.monotonic()
         hit = self.values.get(key)
-        if hit and now - hit[0] < self.ttl:
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
             return hit[1]
-        lock = self.locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            hit = self.values.get(key)
-            if hit and time.monotonic() - hit[0] < self.ttl:
-                return hit[1]
+        task = self.loading.get(key)
+        if task is None:
+            task = self.loading[key] = asyncio.ensure_future(self._load(key, load))
+        if hit is not None and self.stale:
+            return hit[1]
+        return await asyncio.shield(task)
+
+    async def _load(self, key, load):
+        try:
             value = await load(key)
-            self.values[key] = (time.monotonic(), value)
             if len(self.values) > 10_000:  # bound memory under a flood of random tokens or names
                 self.values.clear()
-                self.locks.clear()
+            self.values[key] = (time.monotonic(), value)
             return value
+        finally:
+            self.loading.pop(key, None)
 
-    def clear(self) -> None:
-        self.values.clear()
+    def forget(self, key) -> None:
+        self.values.pop(key, None)
 
 
 def _principal(raw: str) -> Principal | None:
@@ -157,13 +166,14 @@ def _tokenizer_file(version_id: int | None) -> str:
 def _revision_route(revision: Revision, endpoints: list[str], *, wakeable: bool = False) -> RevisionRoute:
     deployment = revision.deployment
     version = revision.model_version
+    prefix = "/v1"
     if deployment.target == Target.EXTERNAL:
-        endpoints = [revision.upstream_url.rstrip("/")]
+        endpoints, prefix = [revision.upstream_url.rstrip("/")], ""
         label, provider = revision.upstream_model, "external"
     else:
         if deployment.target == Target.KUBERNETES:
             url = (revision.cluster_status or {}).get("url") or ""
-            endpoints = [f"{url.rstrip('/')}/openai"] if url else []
+            endpoints, prefix = ([url.rstrip("/")] if url else []), "/openai/v1"
         label, provider = (f"{version.model.name}:{version.number}" if version else ""), "self-hosted"
     return RevisionRoute(
         id=revision.pk,
@@ -177,6 +187,7 @@ def _revision_route(revision: Revision, endpoints: list[str], *, wakeable: bool 
         max_total_tokens=revision.max_total_tokens,
         served_name=revision.upstream_model if deployment.target == Target.EXTERNAL else deployment.slug,
         endpoints=endpoints,
+        openai_prefix=prefix,
         api_key=crypto.decrypt(revision.encrypted_upstream_key) if revision.encrypted_upstream_key else "",
         wakeable=wakeable,
         tokenizer_file=_tokenizer_file(revision.model_version_id),
@@ -239,8 +250,8 @@ class Directory:
     """Per-process caches of principals and routes."""
 
     def __init__(self):
-        self.principals = _TimedCache(settings.GATEWAY_AUTH_TTL_SECONDS)
-        self.routes = _TimedCache(settings.GATEWAY_ROUTE_TTL_SECONDS)
+        self.principals = TimedCache(settings.GATEWAY_AUTH_TTL_SECONDS, stale=False)  # revocation is final
+        self.routes = TimedCache(settings.GATEWAY_ROUTE_TTL_SECONDS)
 
     async def principal(self, raw_token: str) -> Principal | None:
         return await self.principals.get(token_hash(raw_token), lambda _key: sync_to_async(_principal)(raw_token))
@@ -249,7 +260,7 @@ class Directory:
         return await self.routes.get(slug, lambda key: sync_to_async(_routes)(key))
 
     async def refresh(self, slug: str) -> list[Route]:
-        self.routes.values.pop(slug, None)
+        self.routes.forget(slug)
         return await self.routes_for(slug)
 
     async def models(self, principal: Principal) -> list[tuple[str, str, int]]:
