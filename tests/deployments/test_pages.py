@@ -21,6 +21,7 @@ from apps.core.models import ProjectSecret, Role
 from apps.core.routing import websocket_urlpatterns
 from apps.core.services import project_secret_set
 from apps.deployments.models import Accelerator, Deployment, Revision, Rollout, State, Target
+from apps.deployments.spec import catalog_ensure
 from apps.deployments.states import transition
 from apps.registry import storage
 from apps.registry.demo import register_directory, write_tiny_lm
@@ -75,6 +76,7 @@ def tiny_lm(project, admin_user, tiny_lm_files):
 
 @pytest.fixture
 def cpu():
+    catalog_ensure()  # a transactional test before this one may have emptied the table the migration filled
     return Accelerator.objects.get(is_cpu=True)
 
 
@@ -313,8 +315,8 @@ def test_wizard_walks_every_step_and_deploys(project, tiny_lm, admin_user, login
     assert (revision.max_input_tokens, revision.max_total_tokens, revision.max_batch) == (64, 128, 4)
     assert (revision.min_replicas, revision.max_replicas, revision.dtype) == (1, 2, "fp32")
     assert revision.env == {"LOG_LEVEL": "debug"}
-    assert revision.secret_refs == {"HF_TOKEN": "HF_TOKEN", "API_SECRET": "TINY_CHAT_API_SECRET"}
-    stored = ProjectSecret.objects.get(project=project, name="TINY_CHAT_API_SECRET")
+    assert revision.secret_refs == {"HF_TOKEN": "HF_TOKEN", "API_SECRET": "DEPLOY_TINY_CHAT_API_SECRET"}
+    stored = ProjectSecret.objects.get(project=project, name="DEPLOY_TINY_CHAT_API_SECRET")
     assert crypto.decrypt(stored.encrypted_value) == "s3cret-value"
     assert revision.plan["fits"] is True and revision.plan["context_length"] == 128
     assert "kind: InferenceService" in revision.manifest

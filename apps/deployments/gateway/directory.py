@@ -105,8 +105,8 @@ class TimedCache:
         task = self.loading.get(key)
         if task is None:
             task = self.loading[key] = asyncio.ensure_future(self._load(key, load))
-        if hit is not None and self.stale:
-            return hit[1]
+        if hit is not None and self.stale and time.monotonic() - hit[0] < 2 * self.ttl:
+            return hit[1]  # recently current: a busy deployment never waits; an idle one reads fresh
         return await asyncio.shield(task)
 
     async def _load(self, key, load):
