@@ -64,6 +64,11 @@ app.conf.beat_schedule = {
         "schedule": 15.0,
         "options": {"expires": 14},
     },
+    "refresh-gpu-cost": {
+        "task": "apps.accounting.tasks.gpu_cost_refresh",
+        "schedule": 300.0,
+        "options": {"expires": 290},
+    },
     "drain-gateway-usage": {
         "task": "apps.accounting.tasks.usage_stream_drain",
         "schedule": 1.0,

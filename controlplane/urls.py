@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/v1/", include("apps.core.api.urls")),
     path("", include("apps.registry.urls")),
     path("", include("apps.deployments.urls")),
+    path("", include("apps.accounting.urls")),
     path("", include("apps.core.urls")),
 ]
 

@@ -2,7 +2,7 @@ from django.contrib import admin
 
 from apps.core.admin_audit import AuditedModelAdmin
 
-from .models import AccountingSettings, Budget, BudgetAlert, PriceCatalog, PriceEntry
+from .models import AccountingSettings, Budget, BudgetAlert, DeploymentCostHourly, PriceCatalog, PriceEntry
 
 
 @admin.register(PriceCatalog)
@@ -32,3 +32,20 @@ class BudgetAdmin(AuditedModelAdmin):
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(AuditedModelAdmin):
     list_display = ["budget", "threshold", "period_start", "email_sent_at", "webhook_sent_at"]
+
+
+@admin.register(DeploymentCostHourly)
+class DeploymentCostHourlyAdmin(AuditedModelAdmin):
+    """Computed from deployment state events by `gpu_cost_refresh`; read-only here."""
+
+    list_display = ["bucket", "project", "deployment", "revision", "accelerator", "gpu_cost", "tokens", "idle"]
+    list_filter = ["idle", "project"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,19 +1,13 @@
-"""One filter set per list: raw usage events, usage summaries, budgets and prices."""
+"""One filter set per list: raw usage events, usage summaries, GPU cost, budgets and prices."""
 
 import django_filters
 
 from apps.core.filters import BooleanFilter
 
-from .models import Budget, BudgetPeriod, BudgetScope, PriceEntry, UsageEvent, UsageHourly
+from .models import Budget, BudgetPeriod, BudgetScope, DeploymentCostHourly, PriceEntry, UsageEvent, UsageHourly
 
 
-class _UsageFilter(django_filters.FilterSet):
-    project = django_filters.CharFilter(field_name="project__slug", max_length=50)
-    model = django_filters.CharFilter(max_length=200)
-    deployment = django_filters.CharFilter(max_length=200)
-    user = django_filters.CharFilter(max_length=150)
-    team = django_filters.CharFilter(max_length=100)
-
+class _FromToFilter(django_filters.FilterSet):
     def __init__(self, data=None, *args, **kwargs):
         # `from` and `to` are Python keywords: the query string uses them, the filters are named start and end.
         if data is not None:
@@ -22,6 +16,14 @@ class _UsageFilter(django_filters.FilterSet):
                 if outer in data:
                     data[inner] = data.pop(outer)[-1]
         super().__init__(data, *args, **kwargs)
+
+
+class _UsageFilter(_FromToFilter):
+    project = django_filters.CharFilter(field_name="project__slug", max_length=50)
+    model = django_filters.CharFilter(max_length=200)
+    deployment = django_filters.CharFilter(max_length=200)
+    user = django_filters.CharFilter(max_length=150)
+    team = django_filters.CharFilter(max_length=100)
 
 
 class UsageEventFilter(_UsageFilter):
@@ -46,6 +48,21 @@ class UsageSummaryFilter(_UsageFilter):
     class Meta:
         model = UsageHourly
         fields = ["project", "model", "deployment", "user", "team"]
+
+
+class DeploymentCostFilter(_FromToFilter):
+    """GPU cost rows: the usage filters that apply to a deployment's hours (no model, user or team: GPU time is
+    the deployment's)."""
+
+    project = django_filters.CharFilter(field_name="project__slug", max_length=50)
+    deployment = django_filters.CharFilter(max_length=200)
+    idle = BooleanFilter()
+    start = django_filters.IsoDateTimeFilter(field_name="bucket", lookup_expr="gte", label="from")
+    end = django_filters.IsoDateTimeFilter(field_name="bucket", lookup_expr="lt", label="to")
+
+    class Meta:
+        model = DeploymentCostHourly
+        fields = ["project", "deployment", "idle"]
 
 
 class BudgetFilter(django_filters.FilterSet):

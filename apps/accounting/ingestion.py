@@ -1,9 +1,9 @@
 """Usage ingestion: validate a batch event by event, price it, and store it with its rollups in one statement.
 
-The write is a single SQL statement: the batch arrives as column arrays (`unnest`), rows go into the event table
-with ON CONFLICT DO NOTHING on (project, event id), and only the rows actually inserted (RETURNING) are summed
-into the hourly and daily rollups with ON CONFLICT DO UPDATE (x = x + excluded.x). A replayed event is therefore
-neither stored nor counted twice, and rollups never disagree with the events they were built from.
+The batch is copied (COPY, binary) into a temporary staging table; then a single SQL statement moves it into the
+event table with ON CONFLICT DO NOTHING on (project, event id), and only the rows actually inserted (RETURNING) are
+summed into the hourly and daily rollups with ON CONFLICT DO UPDATE (x = x + excluded.x). A replayed event is
+therefore neither stored nor counted twice, and rollups never disagree with the events they were built from.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
 import psycopg
 from django.conf import settings
 from django.db import connection, transaction
@@ -24,8 +25,7 @@ from apps.core.models import Project
 from apps.core.permissions import Action, PermissionDenied, restrict, token_scope_error
 
 from . import tokenizers
-from .models import AccountingSettings
-from .pricing import PriceBook, Tokens, catalog_current, cost_compute
+from .pricing import PriceBook, catalog_current
 
 MAX_ID = 200
 MAX_JSON = 16_384
@@ -82,6 +82,8 @@ class IngestResult:
 
 
 def _int(value: Any, name: str, *, upper: int = BIG) -> int:
+    if type(value) is int and 0 <= value < upper:  # the usual case (bool is not int here)
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Rejected(f"{name}: give a whole number.")
     if isinstance(value, float):
@@ -101,7 +103,7 @@ def _ms(value: Any, name: str) -> int | None:
     return _int(value, name, upper=2**31)
 
 
-def _time(value: Any, now: datetime.datetime) -> datetime.datetime:
+def _time(value: Any, now: datetime.datetime, latest: datetime.datetime) -> datetime.datetime:
     if value is None:
         return now
     if isinstance(value, str):
@@ -118,12 +120,14 @@ def _time(value: Any, now: datetime.datetime) -> datetime.datetime:
         raise Rejected("time: give an ISO 8601 time or seconds since the epoch.")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
-    if not OLDEST <= moment <= now + datetime.timedelta(days=1):
+    if not OLDEST <= moment <= latest:
         raise Rejected("time: must lie between 2000-01-01 and one day from now.")
     return moment
 
 
 def _string(value: Any, name: str, limit: int) -> str:
+    if type(value) is str and len(value) <= limit:
+        return value
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -136,6 +140,14 @@ def _string(value: Any, name: str, limit: int) -> str:
 def _json(value: Any, name: str, kind: type) -> str:
     if not isinstance(value, kind):
         raise Rejected(f"{name}: give {'a list' if kind is list else 'an object'}.")
+    try:
+        encoded = orjson.dumps(value)
+    except TypeError:  # what only the standard library writes: integers beyond 64 bits, non-string keys
+        encoded = None
+    # The limit counts the characters of json.dumps (non-ASCII escaped): at most 3 per byte of orjson's UTF-8, so
+    # only JSON near the limit needs counting that way.
+    if encoded is not None and 3 * len(encoded) <= MAX_JSON:
+        return encoded.decode()
     text = json.dumps(value, separators=(",", ":"))
     if len(text) > MAX_JSON:
         raise Rejected(f"{name}: at most {MAX_JSON} bytes of JSON.")
@@ -184,7 +196,7 @@ def _messages(value: Any) -> list[dict]:
     return plain
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     project_id: int
     event_id: str
@@ -209,11 +221,15 @@ class Row:
 class _Context:
     """What validating a batch needs to look up once: projects by slug, tokenizers by model, settings."""
 
-    def __init__(self, user, slugs: set[str]):
+    def __init__(self, user, slugs: set[str], now: datetime.datetime):
+        self.now = now
+        self.latest = now + datetime.timedelta(days=1)
         projects = Project.objects.filter(slug__in=slugs)
         # user None: records from the gateway, which checked `invoke` on the project before the request.
         writable = projects if user is None else restrict(projects, user, Action.CHANGE)
-        self.projects = dict(writable.values_list("slug", "pk"))
+        found = writable.values_list("slug", "pk", "accounting_settings__store_text")
+        self.projects = {slug: pk for slug, pk, _ in found}
+        self.store_text = {pk for _, pk, store_text in found if store_text}
         hidden_write = slugs - set(self.projects)
         if hidden_write and user is not None:
             # Visible but not writable is a refusal of the whole request; invisible reads as unknown, per event.
@@ -222,11 +238,6 @@ class _Context:
                 raise PermissionDenied(
                     token_scope_error(user, Action.CHANGE) or "You may not record usage in this project."
                 )
-        self.store_text = set(
-            AccountingSettings.objects.filter(project_id__in=self.projects.values(), store_text=True).values_list(
-                "project_id", flat=True
-            )
-        )
         self._tokenizers: dict[tuple[int, str], str | None] = {}
 
     def tokenizer_for(self, project_id: int, model: str) -> str | None:
@@ -279,7 +290,7 @@ def _check_registry_tokenizer(ctx: _Context, project_id: int, name: str) -> None
         raise Rejected(f"tokenizer: no registered version '{raw}' in this project.")
 
 
-def _row(ctx: _Context, event: Any, default_project: str | None, now: datetime.datetime) -> Row:
+def _row(ctx: _Context, event: Any, default_project: str | None) -> Row:
     if not isinstance(event, dict):
         raise Rejected("An event is a JSON object.")
     unknown = event.keys() - KNOWN_FIELDS
@@ -294,15 +305,19 @@ def _row(ctx: _Context, event: Any, default_project: str | None, now: datetime.d
     strings = {name: _string(event.get(name), name, limit) for name, limit in STRING_FIELDS.items()}
     if not strings["model"] and not strings["deployment"]:
         raise Rejected("Give a model or a deployment.")
-    counts = {name: _int(event.get(name) or 0, name) for name in COUNT_FIELDS}
+    counts = {}
+    for name in COUNT_FIELDS:
+        value = event.get(name) or 0
+        counts[name] = value if type(value) is int and 0 <= value < BIG else _int(value, name)
     token_id = event.get("token_id")
     if token_id is not None:
         token_id = _int(token_id, "token_id", upper=2**63)
     status, is_error = _status(event.get("status"))
+    tags, metadata = event.get("tags"), event.get("metadata")
     row = Row(
         project_id=project_id,
         event_id="",
-        time=_time(event.get("time"), now),
+        time=_time(event.get("time"), ctx.now, ctx.latest),
         strings=strings,
         token_id=token_id,
         counts=counts,
@@ -310,11 +325,11 @@ def _row(ctx: _Context, event: Any, default_project: str | None, now: datetime.d
         ttft_ms=_ms(event.get("ttft_ms"), "ttft_ms"),
         status=status,
         is_error=is_error,
-        tags=_json(event.get("tags") or [], "tags", list),
-        metadata=_json(event.get("metadata") or {}, "metadata", dict),
+        tags=_json(tags, "tags", list) if tags else "[]",
+        metadata=_json(metadata, "metadata", dict) if metadata else "{}",
         provided_cost=_cost(event.get("cost")),
     )
-    if any(event.get(name) is not None for name in TEXT_FIELDS):
+    if not event.keys().isdisjoint(TEXT_FIELDS) and any(event.get(name) is not None for name in TEXT_FIELDS):
         row.tokenizer, content = _count_text(ctx, project_id, event, strings, counts)
         row.content = content or None
     return row
@@ -333,25 +348,23 @@ def _event_id(event: Any) -> str:
 
 
 def _price(rows: list[Row]) -> None:
+    if not rows:
+        return
     catalog = catalog_current()
-    books: dict[int, PriceBook] = {}
+    books = PriceBook.for_projects({row.project_id for row in rows}, catalog)
     for row in rows:
-        book = books.get(row.project_id)
-        if book is None:
-            book = books[row.project_id] = PriceBook(project_id=row.project_id, catalog=catalog)
+        book = books[row.project_id]
         entry = book.resolve(row.strings["model"] or row.strings["deployment"], row.strings["provider"], row.time)
         if entry is None:
             continue
         c = row.counts
-        row.computed_cost = cost_compute(
+        row.computed_cost = book.cost(
             entry,
-            Tokens(
-                c["prompt_tokens"],
-                c["completion_tokens"],
-                c["cached_tokens"],
-                c["cache_write_tokens"],
-                c["reasoning_tokens"],
-            ),
+            c["prompt_tokens"],
+            c["completion_tokens"],
+            c["cached_tokens"],
+            c["cache_write_tokens"],
+            c["reasoning_tokens"],
             row.latency_ms,
         )
         row.price_entry_id = entry.pk
@@ -393,15 +406,41 @@ def rollup_upsert_sql(unit: str, source: str) -> str:
     )
 
 
+# The batch goes to the server with COPY (binary, each row formatted in C) into a temporary table of the session,
+# then one statement moves it from there into the event table and the rollups: temporary tables have no WAL and no
+# indexes, and the staged rows are deleted by that same statement (DELETE … RETURNING feeds the INSERT), so a later
+# batch in the same transaction starts from an empty table; ON COMMIT DELETE ROWS also empties it at each commit.
+STAGING_TABLE = "usage_event_staging"
+STAGED_COLUMNS = (
+    ("project_id", "int8"),
+    ("event_id", "text"),
+    ("time", "timestamptz"),
+    ("model", "text"),
+    ("deployment", "text"),
+    ("provider", "text"),
+    ("user", "text"),
+    ("team", "text"),
+    ("token_id", "int8"),
+    *((name, "int8") for name in COUNT_FIELDS),
+    ("latency_ms", "int4"),
+    ("ttft_ms", "int4"),
+    ("status", "text"),
+    ("is_error", "bool"),
+    ("tags", "text"),
+    ("metadata", "text"),
+    ("provided_cost", "numeric"),
+    ("computed_cost", "numeric"),
+    ("price_entry_id", "int8"),
+    ("catalog_version", "int4"),
+    ("tokenizer", "text"),
+    ("content", "text"),
+)
+STAGING_SQL = "CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS".format(
+    STAGING_TABLE, ", ".join(f'"{name}" {kind}' for name, kind in STAGED_COLUMNS)
+)
+COPY_SQL = f"COPY {STAGING_TABLE} FROM STDIN (FORMAT BINARY)"
 INSERT_SQL = (
-    "WITH input AS (SELECT * FROM unnest("
-    "%b::bigint[], %b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], "
-    "%b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::int[], %b::int[], "
-    "%b::text[], %b::bool[], %b::text[], %b::text[], %b::numeric[], %b::numeric[], %b::bigint[], %b::int[], "
-    '%b::text[], %b::text[]) AS t(project_id, event_id, time, model, deployment, provider, "user", team, '
-    "token_id, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, latency_ms, "
-    "ttft_ms, status, is_error, tags, metadata, provided_cost, computed_cost, price_entry_id, catalog_version, "
-    "tokenizer, content)), "
+    f"WITH staged AS (DELETE FROM {STAGING_TABLE} RETURNING *), "
     "ins AS (INSERT INTO accounting_usageevent (project_id, event_id, time, received_at, model, deployment, "
     'provider, "user", team, token_id, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, '
     "reasoning_tokens, latency_ms, ttft_ms, status, is_error, tags, metadata, provided_cost, computed_cost, cost, "
@@ -410,7 +449,7 @@ INSERT_SQL = (
     "prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, latency_ms, ttft_ms, "
     "status, is_error, tags::jsonb, metadata::jsonb, provided_cost, computed_cost, "
     "coalesce(provided_cost, computed_cost, 0), price_entry_id, catalog_version, tokenizer, content::jsonb "
-    "FROM input ON CONFLICT (project_id, event_id) DO NOTHING "
+    "FROM staged ON CONFLICT (project_id, event_id) DO NOTHING "
     'RETURNING project_id, event_id, time, model, deployment, "user", team, token_id, prompt_tokens, '
     "completion_tokens, cached_tokens, reasoning_tokens, latency_ms, is_error, cost), "
     f"hourly AS ({rollup_upsert_sql('hour', 'ins')}), "
@@ -419,31 +458,37 @@ INSERT_SQL = (
 )
 
 
-def _columns(rows: list[Row]) -> list[list]:
-    return [
-        [r.project_id for r in rows],
-        [r.event_id for r in rows],
-        [r.time for r in rows],
-        [r.strings["model"] for r in rows],
-        [r.strings["deployment"] for r in rows],
-        [r.strings["provider"] for r in rows],
-        [r.strings["user"] for r in rows],
-        [r.strings["team"] for r in rows],
-        [r.token_id for r in rows],
-        *([r.counts[name] for r in rows] for name in COUNT_FIELDS),
-        [r.latency_ms for r in rows],
-        [r.ttft_ms for r in rows],
-        [r.status for r in rows],
-        [r.is_error for r in rows],
-        [r.tags for r in rows],
-        [r.metadata for r in rows],
-        [r.provided_cost for r in rows],
-        [r.computed_cost for r in rows],
-        [r.price_entry_id for r in rows],
-        [r.catalog_version for r in rows],
-        [r.tokenizer for r in rows],
-        [r.content for r in rows],
-    ]
+def _staged(row: Row) -> tuple:
+    """The row as the staging table's columns (STAGED_COLUMNS order)."""
+    strings, counts = row.strings, row.counts
+    return (
+        row.project_id,
+        row.event_id,
+        row.time,
+        strings["model"],
+        strings["deployment"],
+        strings["provider"],
+        strings["user"],
+        strings["team"],
+        row.token_id,
+        counts["prompt_tokens"],
+        counts["completion_tokens"],
+        counts["cached_tokens"],
+        counts["cache_write_tokens"],
+        counts["reasoning_tokens"],
+        row.latency_ms,
+        row.ttft_ms,
+        row.status,
+        row.is_error,
+        row.tags,
+        row.metadata,
+        row.provided_cost,
+        row.computed_cost,
+        row.price_entry_id,
+        row.catalog_version,
+        row.tokenizer,
+        row.content,
+    )
 
 
 def _write(rows: list[Row]) -> set[tuple[int, str]]:
@@ -451,10 +496,15 @@ def _write(rows: list[Row]) -> set[tuple[int, str]]:
     if not rows:
         return set()
     connection.ensure_connection()
-    # A plain psycopg cursor sends the arrays (%b) as bound parameters in binary (Django's client-side cursor would
-    # quote every element into the SQL text in Python); same connection, so inside the surrounding transaction.
+    # A plain psycopg cursor for COPY (Django's cursor has none); same connection, so inside the surrounding
+    # transaction.
     with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(INSERT_SQL, _columns(rows))
+        cursor.execute(STAGING_SQL)
+        with cursor.copy(COPY_SQL) as copy:
+            copy.set_types([kind for _, kind in STAGED_COLUMNS])
+            for row in rows:
+                copy.write_row(_staged(row))
+        cursor.execute(INSERT_SQL)
         return set(cursor.fetchall())
 
 
@@ -468,8 +518,7 @@ def usage_ingest(*, user, events: list, project: str | None = None) -> IngestRes
     if len(events) > settings.ACCOUNTING_MAX_BATCH:
         raise Rejected(f"events: at most {settings.ACCOUNTING_MAX_BATCH} events per request.")
     slugs = {e.get("project", project) for e in events if isinstance(e, dict)} | ({project} if project else set())
-    ctx = _Context(user, {s for s in slugs if isinstance(s, str)})
-    now = timezone.now()
+    ctx = _Context(user, {s for s in slugs if isinstance(s, str)}, timezone.now())
     result = IngestResult()
     rows: list[Row] = []
     seen: set[tuple[int, str]] = set()
@@ -478,7 +527,7 @@ def usage_ingest(*, user, events: list, project: str | None = None) -> IngestRes
         try:
             if not event_id or len(event_id) > MAX_ID or "\x00" in event_id:
                 raise Rejected(f"id: give an event id of 1–{MAX_ID} characters.")
-            row = _row(ctx, event, project, now)
+            row = _row(ctx, event, project)
         except Rejected as exc:
             result.rejected.append({"index": index, "id": event_id or None, "reason": str(exc)})
             continue

@@ -89,7 +89,9 @@ class AccountingSettings(models.Model):
 class UsageEvent(models.Model):
     """One request's usage as reported by a gateway or client. Written by raw SQL in ingestion.py (bulk path)."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: the unique (project, event id) and the (project, -time) indexes both lead with it, and
+    # every index is paid for on each of the thousands of rows a second that ingestion writes.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+", db_index=False)
     event_id = models.CharField(max_length=200)
     time = models.DateTimeField()
     received_at = models.DateTimeField()
@@ -251,3 +253,46 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.budget} {self.threshold}% ({self.period_start:%Y-%m-%d})"
+
+
+class DeploymentCostHourly(models.Model):
+    """GPU-hour cost of one revision of a self-hosted deployment in one hour, computed from the runtime's state
+    events by gpu_cost.py (recomputed, by upsert, while the hour is recent).
+
+    The accelerator's name, count and hourly price are copied in when the row is computed: the accelerator catalog
+    is editable, and a row keeps the price it was computed with once it leaves the recompute window. Like usage,
+    the row names its deployment and revision by value (no foreign keys): cost history outlives them.
+    """
+
+    bucket = models.DateTimeField(help_text="Start of the hour (UTC).")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    deployment_id = models.BigIntegerField()
+    deployment = models.CharField(max_length=63, help_text="The deployment's slug: its usage rollups' key.")
+    revision_id = models.BigIntegerField()
+    revision = models.PositiveIntegerField(help_text="The revision's number.")
+    accelerator = models.CharField(max_length=50)
+    accelerator_count = models.PositiveSmallIntegerField(help_text="Accelerators per replica.")
+    hourly_price = models.DecimalField(max_digits=10, decimal_places=4, help_text="Price of one device per hour.")
+    currency = models.CharField(max_length=3, default="USD")
+    replica_seconds = models.DecimalField(max_digits=16, decimal_places=6, help_text="Running time of its replicas.")
+    accelerator_hours = models.DecimalField(max_digits=16, decimal_places=6)
+    gpu_cost = models.DecimalField(**MONEY)
+    requests = models.BigIntegerField(default=0, help_text="The revision's share of the deployment's requests.")
+    tokens = models.BigIntegerField(default=0, help_text="The revision's share of the deployment's tokens.")
+    cost_per_1k_tokens = models.DecimalField(null=True, blank=True, **MONEY)
+    idle = models.BooleanField(default=False, help_text="Replicas were up and the deployment had no request.")
+    idle_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    computed_at = models.DateTimeField()
+
+    project_path = "project"
+
+    class Meta:
+        ordering = ["-bucket", "deployment", "revision"]
+        constraints = [
+            models.UniqueConstraint(fields=["bucket", "revision_id"], name="deployment_cost_hourly_key"),
+            models.CheckConstraint(condition=Q(idle_cost__lte=models.F("gpu_cost")), name="deployment_cost_idle_part"),
+        ]
+        indexes = [models.Index(fields=["project", "bucket"], name="deployment_cost_project_bucket")]
+
+    def __str__(self) -> str:
+        return f"{self.bucket:%Y-%m-%d %H:00} {self.deployment} r{self.revision}"

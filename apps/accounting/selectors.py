@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
+from apps.core.models import Project
 from apps.core.permissions import Action, restrict
+from apps.registry.models import ModelVersion
 
-from .models import Budget, PriceCatalog, PriceEntry, UsageEvent
+from .models import Budget, DeploymentCostHourly, PriceCatalog, PriceEntry, UsageEvent
 from .pricing import catalog_current
 
 
@@ -33,3 +35,18 @@ def rollup_list(*, user, model) -> QuerySet:
 
 def budget_list(*, user) -> QuerySet[Budget]:
     return restrict(Budget.objects.select_related("project", "team", "user", "token"), user, Action.VIEW)
+
+
+def deployment_cost_list(*, user) -> QuerySet[DeploymentCostHourly]:
+    return restrict(DeploymentCostHourly.objects.select_related("project"), user, Action.VIEW)
+
+
+def tokenizer_version_list(*, user, project: Project) -> QuerySet[ModelVersion]:
+    """The project's registered versions the user may see that ship their own tokenizer."""
+    return restrict(
+        ModelVersion.objects.filter(model__project=project, deleted_at__isnull=True, files__path="tokenizer.json")
+        .select_related("model")
+        .order_by("model__name", "-number"),
+        user,
+        Action.VIEW,
+    )

@@ -9,7 +9,7 @@ from apps.core import jobs
 from apps.core.permissions import Action, can
 from controlplane.celery import QueueName
 
-from . import budgets, rollups, services
+from . import budgets, gpu_cost, rollups, services
 
 jobs.job_type_register(
     "accounting.reprice",
@@ -68,3 +68,9 @@ def usage_stream_drain() -> dict:
 
     result = drain(max_batches=200)
     return {"read": result.read, "stored": result.stored, "duplicates": result.duplicates}
+
+
+@shared_task(name="apps.accounting.tasks.gpu_cost_refresh", ignore_result=True)
+def gpu_cost_refresh() -> dict:
+    """Recompute the GPU-hour cost of the recent hours from the state events (every few minutes from beat)."""
+    return gpu_cost.gpu_cost_refresh().as_dict()

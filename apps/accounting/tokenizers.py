@@ -71,7 +71,11 @@ def openai_encoding_name(model: str) -> str | None:
 def _openai_counter(name: str) -> Counter:
     if name not in bpe_openai.list_encoding_names():
         raise TokenizerUnavailable(f"Unknown tokenizer '{name}'. Known: {', '.join(tokenizer_names())}.")
-    encoding = bpe_openai.get_encoding(name)
+    try:
+        encoding = bpe_openai.get_encoding(name)
+        encoding.encode_ordinary("")
+    except RuntimeError as exc:  # legacy encodings (gpt2, r50k, p50k) need tables bpe-openai does not ship
+        raise TokenizerUnavailable(f"Tokenizer '{name}' is not available offline ({exc}).") from None
 
     def encode_len(text: str) -> int:
         return len(encoding.encode_ordinary(text))
@@ -136,8 +140,17 @@ def counter_get(name: str) -> Counter:
     return _openai_counter(name)
 
 
+@functools.cache
 def tokenizer_names() -> list[str]:
-    return sorted(bpe_openai.list_encoding_names())
+    """The OpenAI-family encodings that can count here (bpe-openai ships their tables)."""
+    names = []
+    for name in sorted(bpe_openai.list_encoding_names()):
+        try:
+            bpe_openai.get_encoding(name).encode_ordinary("")
+        except RuntimeError:
+            continue
+        names.append(name)
+    return names
 
 
 def count_text(counter: Counter, text: str) -> int:

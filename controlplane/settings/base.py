@@ -1,6 +1,7 @@
 """Settings shared by every environment. Values that differ per deployment come from the environment."""
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 import dj_database_url
@@ -119,7 +120,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / ".devstack" / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# Third-party JS comes from packages: the charting library is the plotly wheel's bundled plotly.js.
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/plotly", Path(find_spec("plotly").origin).parent / "package_data"),
+]
 
 # Request bodies: the API caps JSON bodies; large artifacts use the chunked upload protocol.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024

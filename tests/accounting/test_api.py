@@ -1,4 +1,5 @@
 import datetime
+import json
 from decimal import Decimal
 
 import pytest
@@ -103,6 +104,27 @@ def test_oversized_batches_and_bad_bodies_are_4xx(project, writer):
     assert writer.post(URL, {"events": [event(i) for i in range(1001)]}, format="json").status_code == 400
     assert writer.post(URL, {"events": "nope"}, format="json").status_code == 400
     assert writer.post(URL, [1, 2], format="json").status_code == 400
+
+
+def test_the_batch_route_reads_bodies_as_the_standard_json_parser_does(catalog, project, writer):
+    """The route parses with orjson; what orjson reads differently (integers beyond 64 bits) or refuses (1e400)
+    goes to the standard parser, and NUL characters and deep nesting are refused as on every route."""
+
+    def post(*events, replace=("", "")):
+        body = json.dumps({"project": "alpha", "events": list(events)}).replace(*replace)
+        return writer.post(URL, body, content_type="application/json")
+
+    big_id = post(event(1, id="big"), replace=('"big"', "123456789012345678901234567890"))
+    assert big_id.json()["accepted"] == ["123456789012345678901234567890"], big_id.content
+    infinite = post(event(2, latency_ms="inf"), event(3), replace=('"inf"', "1e400"))
+    assert infinite.json()["rejected"] == [{"index": 0, "id": "ev-2", "reason": "latency_ms: give a whole number."}]
+    deep = "[" * 70 + "]" * 70
+    for response, message in (
+        (post(event(4, user="a\u0000b")), "NUL"),
+        (post(event(5, metadata={"x": deep}), replace=(f'"{deep}"', deep)), "nested deeper"),
+    ):
+        assert response.status_code == 400 and message in response.json()["error"]["message"], response.content
+    assert set(UsageEvent.objects.values_list("event_id", flat=True)) == {"123456789012345678901234567890", "ev-3"}
 
 
 def test_events_list_is_paginated_and_filtered(catalog, project, writer):

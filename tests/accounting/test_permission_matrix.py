@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime
+from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
 
 from apps.accounting.ingestion import usage_ingest
-from apps.accounting.models import Budget, PriceEntry, UsageEvent
+from apps.accounting.models import Budget, DeploymentCostHourly, PriceEntry, UsageEvent
 from apps.core.models import Role
 from tests.core.test_permission_matrix import (  # noqa: F401  (world is a fixture used here)
     Rule,
@@ -23,7 +24,7 @@ EFFECTIVE = "2025-01-01T00:00:00Z"
 
 
 def _accounting(w: World) -> SimpleNamespace:
-    """One usage event, price override and budget in the world's project, made on first use."""
+    """One usage event, price override, budget and GPU cost row in the world's project, made on first use."""
     if "accounting" not in w.__dict__:
         robot = w.service_account.user
         usage_ingest(user=robot, events=[{"id": "m-0", "model": "gpt-4o", "prompt_tokens": 5}], project=w.project.slug)
@@ -35,6 +36,21 @@ def _accounting(w: World) -> SimpleNamespace:
                 effective_from=datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC),
             ),
             budget=Budget.objects.create(project=w.project, name="matrix", amount=10),
+            gpu_cost=DeploymentCostHourly.objects.create(
+                bucket=datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC),
+                project=w.project,
+                deployment_id=1,
+                deployment="matrix",
+                revision_id=1,
+                revision=1,
+                accelerator="A100-80GB",
+                accelerator_count=1,
+                hourly_price=Decimal(1),
+                replica_seconds=Decimal(3600),
+                accelerator_hours=Decimal(1),
+                gpu_cost=Decimal(1),
+                computed_at=datetime.datetime(2025, 1, 1, 1, tzinfo=datetime.UTC),
+            ),
         )
     return w.accounting
 
@@ -54,6 +70,8 @@ SPEC: dict[tuple[str, str], Rule] = {
     # Summaries are over what the caller can see: an outsider gets an empty 200 (tests/accounting/test_api.py).
     ("accounting-api:usage-summary", "GET"): Rule(Role.VIEWER, 200, other=200, limited=200),
     ("accounting-api:usage-summary-csv", "GET"): Rule(Role.VIEWER, 200, other=200, limited=200),
+    # Rows of the visible projects; ?project= naming an invisible one is a 404 (tests/accounting/test_gpu_cost.py).
+    ("accounting-api:usage-gpu-cost-list", "GET"): _list(Role.VIEWER, lambda w: _accounting(w).gpu_cost.pk),
     # Counting touches no project's data: any signed-in caller; compare without ?text= is the same 400 for all.
     ("accounting-api:token-count", "POST"): Rule(
         "anyone", 200, other=200, limited=200, body=lambda w: {"text": "hello world", "tokenizer": "cl100k_base"}

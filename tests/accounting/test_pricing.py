@@ -1,12 +1,13 @@
 import datetime
-from decimal import Decimal
+import random
+from decimal import Decimal, InvalidOperation
 
 import pytest
 
 from apps.accounting import services
 from apps.accounting.ingestion import usage_ingest
 from apps.accounting.models import PriceCatalog, PriceEntry, UsageDaily, UsageEvent
-from apps.accounting.pricing import Tokens, catalog_load_default, cost_compute, price_resolve
+from apps.accounting.pricing import PriceBook, Tokens, catalog_load_default, cost_compute, price_resolve
 from apps.core.models import AuditEvent
 
 from .conftest import T0, event
@@ -47,6 +48,41 @@ def test_cost_charges_cached_and_output_tokens_at_their_rates(catalog, project):
     entry = price_resolve(project_id=project.pk, model="gpt-4o", provider="openai", at=T0)
     # 800 uncached × 2 + 200 cached × 1 + 100 output × 10, per million
     assert cost_compute(entry, Tokens(prompt=1000, completion=100, cached=200)) == Decimal("0.0028")
+
+
+def test_ingestions_integer_cost_is_cost_compute_to_the_digit():
+    """Ingestion prices each event with PriceBook.cost (integers); it must equal cost_compute's Decimal, ties at the
+    eleventh decimal rounded half to even, prices finer than millionths and huge sums handed to cost_compute."""
+    book = PriceBook(project_id=None, catalog=None, entries=[])
+    tie = PriceEntry(pk=1, input_per_million=Decimal("0.00005"), output_per_million=Decimal(0))
+    assert [book.cost(tie, n, 0, 0, 0, 0, None) for n in (1, 3)] == [Decimal(0), Decimal("2e-10")]
+    rng = random.Random(1)
+
+    def price(optional: bool = False) -> Decimal | None:
+        if optional and rng.random() < 0.3:
+            return None
+        return Decimal(rng.randrange(10 ** rng.choice([1, 3, 6, 10, 16]))).scaleb(-rng.choice([0, 6, 6, 6, 7]))
+
+    for pk in range(2, 20_000):
+        entry = PriceEntry(
+            pk=pk,
+            input_per_million=price(),
+            output_per_million=price(),
+            cached_input_per_million=price(optional=True),
+            cache_write_per_million=price(optional=True),
+            reasoning_per_million=price(optional=True),
+            per_request=price(),
+            per_second=price(),
+        )
+        tokens = [rng.randrange(rng.choice([10, 10_000, 2**53])) for _ in range(5)]
+        latency = rng.choice([None, 0, rng.randrange(2**31)])
+        try:
+            expected = cost_compute(entry, Tokens(*tokens), latency)
+        except InvalidOperation:  # beyond 28 digits: cost_compute cannot round it either
+            with pytest.raises(InvalidOperation):
+                book.cost(entry, *tokens, latency)
+            continue
+        assert book.cost(entry, *tokens, latency) == expected, (entry.__dict__, tokens, latency)
 
 
 def test_the_shipped_catalog_is_loaded_once_with_dated_prices(db):

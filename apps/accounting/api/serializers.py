@@ -9,7 +9,7 @@ from apps.core.models import ApiToken, Project, Team
 from apps.core.permissions import Action, restrict
 
 from ..budgets import budget_status
-from ..models import Budget, BudgetPeriod, BudgetScope, PriceEntry, UsageEvent
+from ..models import Budget, BudgetPeriod, BudgetScope, DeploymentCostHourly, PriceEntry, UsageEvent
 from ..pricing import PRICE_FIELDS
 
 User = get_user_model()
@@ -25,9 +25,19 @@ class VisibleProjectField(serializers.SlugRelatedField):
         return restrict(Project.objects.all(), self.context["request"].user, Action.VIEW)
 
 
+class ParsedJSONListField(serializers.ListField):
+    """A list of JSON values from a parsed JSON body, taken as they are: JSONField would re-encode every item just
+    to check it can be encoded. The ingestion service checks each event itself (and rejects them one by one)."""
+
+    child = serializers.JSONField()
+
+    def run_child_validation(self, data):
+        return list(data)
+
+
 class UsageBatchSerializer(serializers.Serializer):
     project = serializers.CharField(required=False, max_length=50, help_text="Default project slug of the events.")
-    events = serializers.ListField(child=serializers.JSONField(), allow_empty=True, help_text="Up to 1,000 events.")
+    events = ParsedJSONListField(allow_empty=True, help_text="Up to 1,000 events.")
 
 
 class UsageEventSerializer(serializers.ModelSerializer):
@@ -36,6 +46,18 @@ class UsageEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = UsageEvent
         exclude = ["content"]
+
+
+class DeploymentCostSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = DeploymentCostHourly
+        fields = [
+            "id", "bucket", "project", "deployment", "deployment_id", "revision", "revision_id", "accelerator",
+            "accelerator_count", "hourly_price", "currency", "replica_seconds", "accelerator_hours", "gpu_cost",
+            "requests", "tokens", "cost_per_1k_tokens", "idle", "idle_cost", "computed_at",
+        ]  # fmt: skip
 
 
 class TokenCountSerializer(serializers.Serializer):

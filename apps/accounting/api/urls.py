@@ -14,6 +14,7 @@ urlpatterns = [
     path("usage/events", views.UsageEventViewSet.as_view({"get": "list", "post": "create"}), name="usage-event-list"),
     path("usage/summary.csv", views.UsageSummaryCSVView.as_view(), name="usage-summary-csv"),
     path("usage/summary", views.UsageSummaryView.as_view(), name="usage-summary"),
+    path("usage/gpu-cost", views.DeploymentCostViewSet.as_view({"get": "list"}), name="usage-gpu-cost-list"),
     path("tokens/count", views.TokenCountView.as_view(), name="token-count"),
     path("tokens/compare", views.TokenCompareView.as_view(), name="token-compare"),
     *router.urls,

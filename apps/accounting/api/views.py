@@ -9,14 +9,15 @@ import io
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, renderers, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.api.errors import error_response
-from apps.core.api.parsers import JSONParser
+from apps.core.api.parsers import FastJSONParser, JSONParser
 from apps.core.api.views import BaseViewSet
 from apps.core.permissions import Action, PermissionDenied, restrict
+from apps.core.selectors import project_for_user
 from apps.registry.models import ModelVersion
 
 from .. import budgets, filters, ingestion, rollups, selectors, services, tokenizers
@@ -56,6 +57,7 @@ class UsageEventViewSet(mixins.ListModelMixin, BaseViewSet):
 
     serializer_class = s.UsageEventSerializer
     filterset_class = filters.UsageEventFilter
+    parser_classes = [FastJSONParser]  # batches of 1,000 events
     ordering_fields = ["time", "cost", "prompt_tokens", "completion_tokens", "latency_ms"]
     ordering = ["-time", "-id"]
 
@@ -73,6 +75,25 @@ class UsageEventViewSet(mixins.ListModelMixin, BaseViewSet):
         if result.rejected and not result.accepted and not result.duplicates:
             return error_response(400, "invalid", "No event of the batch could be stored.", body)
         return Response(body, status=status.HTTP_200_OK)
+
+
+class DeploymentCostViewSet(mixins.ListModelMixin, BaseViewSet):
+    """GPU-hour cost of self-hosted deployments per revision and hour, with the tokens served and idle spend.
+
+    Computed from the runtime's state events by apps/accounting/gpu_cost.py (each row keeps the accelerator price
+    it was computed with). A `project` the caller cannot see is a 404, as for any project-scoped lookup.
+    """
+
+    serializer_class = s.DeploymentCostSerializer
+    filterset_class = filters.DeploymentCostFilter
+    ordering_fields = ["bucket", "gpu_cost", "idle_cost", "tokens", "accelerator_hours"]
+    ordering = ["-bucket", "deployment", "revision"]
+
+    def selector(self):
+        slug = self.request.query_params.get("project")
+        if slug and project_for_user(user=self.request.user, slug=slug[:50]) is None:
+            raise NotFound(f"No project '{slug[:50]}'.")
+        return selectors.deployment_cost_list(user=self.request.user)
 
 
 def _time_param(request, name: str) -> datetime.datetime | None:
