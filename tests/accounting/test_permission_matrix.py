@@ -113,9 +113,14 @@ SPEC: dict[tuple[str, str], Rule] = {
     ),
     ("accounting-api:budget-detail", "DELETE"): Rule(Role.ADMIN, 204, lower=403, scope="admin"),
     ("accounting-api:budget-status", "GET"): Rule(Role.VIEWER, 200),
+    ("accounting-api:accounting-settings", "GET"): Rule(Role.VIEWER, 200),
+    ("accounting-api:accounting-settings", "PATCH"): Rule(
+        Role.ADMIN, 200, lower=403, scope="admin", body=lambda w: {"store_text": True}
+    ),
 }
 
 URL_KWARGS = {
+    "accounting-api:accounting-settings": lambda w: {"slug": w.project.slug},
     "accounting-api:price-detail": lambda w: {"pk": _accounting(w).override.pk},
     "accounting-api:budget-detail": lambda w: {"pk": _accounting(w).budget.pk},
     "accounting-api:budget-status": lambda w: {"pk": _accounting(w).budget.pk},

@@ -68,3 +68,14 @@ def test_budget_status_costs_a_fixed_number_of_queries(project, django_assert_ma
     with django_assert_max_num_queries(2):
         status = budget_status(budget)
     assert status.spent == 0 and not status.exceeded
+
+
+def test_text_is_kept_only_after_the_project_opts_in(developer, project, tiny, client_for, admin_user):
+    admin = client_for(admin_user)
+    url = f"/api/v1/accounting/settings/{project.slug}"
+    assert admin.get(url).json() == {"project": project.slug, "store_text": False}
+    assert client_for(developer).patch(url, {"store_text": True}, format="json").status_code == 403
+    assert admin.patch(url, {"store_text": "maybe"}, format="json").status_code == 400
+    assert admin.patch(url, {"store_text": True}, format="json").json()["store_text"] is True
+    usage_ingest(user=developer, project=project.slug, events=[{"id": "kept", "model": "tiny-lm", "input_text": TEXT}])
+    assert UsageEvent.objects.get(event_id="kept").content == {"input_text": TEXT}

@@ -153,3 +153,7 @@ class BudgetUpdateSerializer(BudgetSerializer):
         for name in ("thresholds", "alert_emails"):
             fields[name].default = serializers.empty
         return fields
+
+
+class AccountingSettingsSerializer(serializers.Serializer):
+    store_text = serializers.BooleanField(help_text="Keep the text sent with usage events (off: count, then drop).")

@@ -15,6 +15,7 @@ urlpatterns = [
     path("usage/summary.csv", views.UsageSummaryCSVView.as_view(), name="usage-summary-csv"),
     path("usage/summary", views.UsageSummaryView.as_view(), name="usage-summary"),
     path("usage/gpu-cost", views.DeploymentCostViewSet.as_view({"get": "list"}), name="usage-gpu-cost-list"),
+    path("settings/<slug:slug>", views.AccountingSettingsView.as_view(), name="accounting-settings"),
     path("tokens/count", views.TokenCountView.as_view(), name="token-count"),
     path("tokens/compare", views.TokenCompareView.as_view(), name="token-compare"),
     *router.urls,

@@ -6,6 +6,7 @@ import csv
 import datetime
 import io
 
+from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, renderers, status
 from rest_framework.decorators import action
@@ -16,11 +17,13 @@ from rest_framework.views import APIView
 from apps.core.api.errors import error_response
 from apps.core.api.parsers import FastJSONParser, JSONParser
 from apps.core.api.views import BaseViewSet
+from apps.core.models import Project
 from apps.core.permissions import Action, PermissionDenied, restrict
 from apps.core.selectors import project_for_user
 from apps.registry.models import ModelVersion
 
 from .. import budgets, filters, ingestion, rollups, selectors, services, tokenizers
+from ..models import AccountingSettings
 from ..pricing import Tokens, catalog_current, cost_compute, price_resolve
 from . import serializers as s
 
@@ -318,3 +321,34 @@ class BudgetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseViewSe
     def status(self, request, pk=None):
         budget = self.get_object()
         return Response(s.BudgetSerializer(budget, context=self.get_serializer_context()).data["status"])
+
+
+class AccountingSettingsView(APIView):
+    """A project's accounting choices: `store_text` keeps the text sent with usage events (off by default)."""
+
+    parser_classes = [JSONParser]
+
+    def required_action(self, request):
+        return Action.VIEW if request.method == "GET" else Action.MANAGE
+
+    def _project(self, request, slug: str):
+        project = restrict(Project.objects.filter(slug=slug), request.user, Action.VIEW).first()
+        if project is None:
+            raise Http404
+        return project
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, slug: str):
+        project = self._project(request, slug)
+        current = AccountingSettings.objects.filter(project=project).first()
+        return Response({"project": project.slug, "store_text": bool(current and current.store_text)})
+
+    @extend_schema(request=s.AccountingSettingsSerializer, responses={200: dict})
+    def patch(self, request, slug: str):
+        project = self._project(request, slug)
+        serializer = s.AccountingSettingsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        current = services.accounting_settings_update(
+            user=request.user, project=project, store_text=serializer.validated_data["store_text"]
+        )
+        return Response({"project": project.slug, "store_text": current.store_text})
