@@ -18,13 +18,12 @@ import logging
 import time
 
 import redis.asyncio as aioredis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from apps.core.models import ApiToken, Project, Team
 from apps.deployments.gateway.app import GuardContext, Refusal
-from apps.deployments.gateway.directory import TimedCache
+from apps.deployments.gateway.directory import TimedCache, database
 
 from .budgets import budget_check
 from .models import Budget
@@ -58,10 +57,10 @@ class BudgetGuard:
     async def check(self, ctx: GuardContext) -> Refusal | None:
         principal = ctx.principal
         key = (ctx.route.project_id, principal.user_id, principal.team_id, principal.token_id, ctx.route.slug)
-        refusal = await self.verdicts.get(key, lambda k: sync_to_async(_budget_refusal)(k))
+        refusal = await self.verdicts.get(key, lambda k: database(_budget_refusal)(k))
         if refusal is not None and refusal.reset_at <= time.time():
             self.verdicts.forget(key)  # the period turned over: look again
-            refusal = await self.verdicts.get(key, lambda k: sync_to_async(_budget_refusal)(k))
+            refusal = await self.verdicts.get(key, lambda k: database(_budget_refusal)(k))
         return refusal
 
 

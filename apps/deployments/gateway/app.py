@@ -20,11 +20,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from .. import services
-from .directory import Directory, Principal, RevisionRoute, Route
+from .directory import Directory, Principal, RevisionRoute, Route, database
 from .records import Recorder
 from .tokens import count_tokens
 
@@ -297,7 +296,7 @@ class Gateway:
             self.round_robin[revision.id] = start + 1
             return endpoints[start % len(endpoints) :] + endpoints[: start % len(endpoints)]
         if revision.wakeable:
-            await sync_to_async(services.revision_wake)(revision.id)
+            await database(services.revision_wake)(revision.id)
             deadline = time.monotonic() + settings.GATEWAY_COLD_START_SECONDS
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.25)

@@ -16,6 +16,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 from django.db.models import Q
 
 from apps.core import crypto
@@ -86,6 +87,17 @@ class Route:
     @property
     def total_weight(self) -> int:
         return sum(r.weight for r in self.revisions)
+
+
+def database(fn):
+    """`fn` as a coroutine on Django's thread for sync code, with a usable connection. The gateway is not a Django
+    request, so nothing else would replace a connection the database dropped (a restart) or that grew too old."""
+
+    def call(*args):
+        close_old_connections()
+        return fn(*args)
+
+    return sync_to_async(call)
 
 
 class TimedCache:
@@ -254,14 +266,14 @@ class Directory:
         self.routes = TimedCache(settings.GATEWAY_ROUTE_TTL_SECONDS)
 
     async def principal(self, raw_token: str) -> Principal | None:
-        return await self.principals.get(token_hash(raw_token), lambda _key: sync_to_async(_principal)(raw_token))
+        return await self.principals.get(token_hash(raw_token), lambda _key: database(_principal)(raw_token))
 
     async def routes_for(self, slug: str) -> list[Route]:
-        return await self.routes.get(slug, lambda key: sync_to_async(_routes)(key))
+        return await self.routes.get(slug, lambda key: database(_routes)(key))
 
     async def refresh(self, slug: str) -> list[Route]:
         self.routes.forget(slug)
         return await self.routes_for(slug)
 
     async def models(self, principal: Principal) -> list[tuple[str, str, int]]:
-        return await sync_to_async(_invocable_deployments)(principal)
+        return await database(_invocable_deployments)(principal)
