@@ -103,7 +103,10 @@ class PriceBook:
                 reverse=True,
             )
             self._candidates[key] = candidates
-        return next((e for e in candidates if _effective(e, at)), None)
+        for entry in candidates:
+            if _effective(entry, at):
+                return entry
+        return None
 
     def cost(
         self,

@@ -84,6 +84,16 @@ DATABASES = {
         env("DATABASE_URL", "postgres://controlplane@127.0.0.1:5432/controlplane"), conn_max_age=60
     )
 }
+if env_bool("DATABASE_POOL"):
+    # Set by controlplane/asgi.py: the ASGI server runs each request's sync code in a thread of its own, so a
+    # persistent connection dies with its request and every request would start a PostgreSQL session (a server
+    # process with cold caches). A pool keeps sessions across requests; pooled connections are not persistent ones.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": int(env("DATABASE_POOL_MAX_SIZE", "20")),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
