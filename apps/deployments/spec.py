@@ -23,6 +23,7 @@ from apps.registry.models import Alias, ModelVersion, Task, VersionStatus
 from . import planner
 from .models import Accelerator, Cluster, Dtype, Revision, Rollout, Target
 
+RUNTIME_TASKS = [("generate", "generate"), ("embed", "embed")]
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 RESERVED_ENV = {"PATH", "PYTHONPATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "HOME"}
 EMBEDDING_ARCHITECTURES = ("BertModel", "XLMRobertaModel", "MPNetModel", "RobertaModel", "NomicBertModel")
@@ -69,7 +70,7 @@ class SpecSerializer(serializers.Serializer):
     upstream_url = serializers.URLField(max_length=500, required=False, allow_blank=True)
     upstream_model = StrictCharField(max_length=200, required=False, allow_blank=True)
     upstream_key = StrictCharField(max_length=4000, required=False, write_only=True, allow_blank=True)
-    task = serializers.ChoiceField(choices=["generate", "embed"], required=False)
+    task = serializers.ChoiceField(choices=RUNTIME_TASKS, required=False)
     # Runtime.
     dtype = serializers.ChoiceField(choices=Dtype.choices, required=False)
     max_input_tokens = serializers.IntegerField(min_value=1, max_value=10_000_000, required=False)

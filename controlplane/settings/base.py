@@ -176,6 +176,8 @@ SPECTACULAR_SETTINGS = {
         "VersionStatusEnum": "apps.registry.models.VersionStatus",
         "UploadStatusEnum": "apps.registry.models.UploadStatus",
         "PromotionStatusEnum": "apps.registry.models.PromotionStatus",
+        "ModelTaskEnum": "apps.registry.models.Task",
+        "RuntimeTaskEnum": "apps.deployments.spec.RUNTIME_TASKS",
     },
 }
 

@@ -61,7 +61,7 @@ class RevisionSerializer(serializers.ModelSerializer):
             "ready_at", "created_at", "replicas",
         ]  # fmt: skip
 
-    def get_model_version(self, revision):
+    def get_model_version(self, revision) -> dict | None:
         version = revision.model_version
         if version is None:
             return None
