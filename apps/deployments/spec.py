@@ -184,25 +184,28 @@ def _accelerator(name: str | None, previous: Revision | None, target: str) -> Ac
     return default
 
 
+def _plan_request(shape: planner.ModelShape, values: dict, accelerator: Accelerator, data: dict) -> planner.PlanRequest:
+    return planner.PlanRequest(
+        shape=shape,
+        dtype=values["dtype"],
+        context_length=data.get("context_length") or values["max_total_tokens"],
+        concurrent_sequences=data.get("concurrent_sequences") or values["max_batch"],
+        accelerator=accelerator_spec(accelerator),
+        accelerator_count=values["accelerator_count"],
+        tensor_parallel=values["tensor_parallel"],
+        pipeline_parallel=values["pipeline_parallel"],
+        memory_utilization=float(values["memory_utilization"]),
+        catalog=tuple(accelerator_spec(a) for a in Accelerator.objects.all()),
+    )
+
+
 def _plan(version: ModelVersion | None, values: dict, accelerator: Accelerator, data: dict) -> dict:
     """The planner's verdict as stored with the revision; {} for external upstreams."""
     if version is None:
         return {}
     try:
         shape = planner.ModelShape.from_metadata(version.metadata or {}, version.parameter_count)
-        request = planner.PlanRequest(
-            shape=shape,
-            dtype=values["dtype"],
-            context_length=data.get("context_length") or values["max_total_tokens"],
-            concurrent_sequences=data.get("concurrent_sequences") or values["max_batch"],
-            accelerator=accelerator_spec(accelerator),
-            accelerator_count=values["accelerator_count"],
-            tensor_parallel=values["tensor_parallel"],
-            pipeline_parallel=values["pipeline_parallel"],
-            memory_utilization=float(values["memory_utilization"]),
-            catalog=tuple(accelerator_spec(a) for a in Accelerator.objects.all()),
-        )
-        return planner.plan(request).as_dict()
+        return planner.plan(_plan_request(shape, values, accelerator, data)).as_dict()
     except planner.PlanError as exc:
         return {"fits": None, "reasons": [str(exc)]}
 
@@ -324,18 +327,7 @@ def plan_request(user, data: dict) -> dict[str, Any]:
         version = _version(user, data["project"], data)
         model_shape = None
     if model_shape is not None:
-        request = planner.PlanRequest(
-            shape=model_shape,
-            dtype=values["dtype"],
-            context_length=data.get("context_length") or values["max_total_tokens"],
-            concurrent_sequences=data.get("concurrent_sequences") or values["max_batch"],
-            accelerator=accelerator_spec(accelerator),
-            accelerator_count=values["accelerator_count"],
-            tensor_parallel=values["tensor_parallel"],
-            pipeline_parallel=values["pipeline_parallel"],
-            memory_utilization=float(values["memory_utilization"]),
-            catalog=tuple(accelerator_spec(a) for a in Accelerator.objects.all()),
-        )
+        request = _plan_request(model_shape, values, accelerator, data)
         try:
             return planner.plan(request).as_dict()
         except planner.PlanError as exc:

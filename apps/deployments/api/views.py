@@ -45,6 +45,13 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseVi
             return Action.VIEW
         return super().required_action(request)
 
+    def _posted_revision(self, request, deployment):
+        number = self.validated(s.RevisionNumberSerializer, request.data)["revision"]
+        revision = deployment.revisions.filter(number=number).first()
+        if revision is None:
+            raise ValidationError({"revision": [f"No revision {number}."]})
+        return revision
+
     def _detail(self, deployment) -> Response:
         fresh = self.selector().get(pk=deployment.pk)
         return Response(s.DeploymentSerializer(fresh, context=self.get_serializer_context()).data)
@@ -97,10 +104,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseVi
     @action(detail=True, methods=["post"])
     def promote(self, request, pk=None):
         deployment = self.get_object()
-        number = self.validated(s.RevisionNumberSerializer, request.data)["revision"]
-        revision = deployment.revisions.filter(number=number).first()
-        if revision is None:
-            raise ValidationError({"revision": [f"No revision {number}."]})
+        revision = self._posted_revision(request, deployment)
         services.revision_promote(user=request.user, revision=revision)
         return self._detail(deployment)
 
@@ -108,10 +112,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseVi
     @action(detail=True, methods=["post"])
     def restart(self, request, pk=None):
         deployment = self.get_object()
-        number = self.validated(s.RevisionNumberSerializer, request.data)["revision"]
-        revision = deployment.revisions.filter(number=number).first()
-        if revision is None:
-            raise ValidationError({"revision": [f"No revision {number}."]})
+        revision = self._posted_revision(request, deployment)
         services.revision_restart(user=request.user, revision=revision)
         return self._detail(deployment)
 
