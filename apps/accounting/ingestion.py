@@ -25,7 +25,7 @@ from apps.core.models import Project
 from apps.core.permissions import Action, PermissionDenied, restrict, token_scope_error
 
 from . import tokenizers
-from .pricing import PriceBook, catalog_current
+from .pricing import books_current
 
 MAX_ID = 200
 MAX_JSON = 16_384
@@ -35,6 +35,7 @@ OLDEST = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 OK_STATUSES = {"ok", "success", "succeeded", "completed", "stop"}
 COUNT_FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
 STRING_FIELDS = {"model": 200, "deployment": 200, "provider": 50, "user": 150, "team": 100}
+STRING_LIMITS = tuple(STRING_FIELDS.items())
 TEXT_FIELDS = ("input_text", "output_text", "messages")
 KNOWN_FIELDS = {
     "id",
@@ -293,43 +294,46 @@ def _check_registry_tokenizer(ctx: _Context, project_id: int, name: str) -> None
 def _row(ctx: _Context, event: Any, default_project: str | None) -> Row:
     if not isinstance(event, dict):
         raise Rejected("An event is a JSON object.")
-    unknown = event.keys() - KNOWN_FIELDS
-    if unknown:
-        raise Rejected(f"Unknown field(s): {', '.join(sorted(unknown))}.")
+    if not KNOWN_FIELDS.issuperset(event):
+        raise Rejected(f"Unknown field(s): {', '.join(sorted(event.keys() - KNOWN_FIELDS))}.")
     slug = event.get("project", default_project)
     if not isinstance(slug, str) or not slug:
         raise Rejected("project: give the project's slug (in the event or the batch).")
     project_id = ctx.projects.get(slug)
     if project_id is None:
         raise Rejected(f"project: no project '{slug}'.")
-    strings = {name: _string(event.get(name), name, limit) for name, limit in STRING_FIELDS.items()}
+    get = event.get
+    strings = {}
+    for name, limit in STRING_LIMITS:  # _string's usual case inline: this runs for every field of every event
+        value = get(name)
+        strings[name] = value if type(value) is str and len(value) <= limit else _string(value, name, limit)
     if not strings["model"] and not strings["deployment"]:
         raise Rejected("Give a model or a deployment.")
     counts = {}
     for name in COUNT_FIELDS:
-        value = event.get(name) or 0
+        value = get(name) or 0
         counts[name] = value if type(value) is int and 0 <= value < BIG else _int(value, name)
-    token_id = event.get("token_id")
+    token_id = get("token_id")
     if token_id is not None:
         token_id = _int(token_id, "token_id", upper=2**63)
-    status, is_error = _status(event.get("status"))
-    tags, metadata = event.get("tags"), event.get("metadata")
+    status, is_error = _status(get("status"))
+    tags, metadata = get("tags"), get("metadata")
     row = Row(
         project_id=project_id,
         event_id="",
-        time=_time(event.get("time"), ctx.now, ctx.latest),
+        time=_time(get("time"), ctx.now, ctx.latest),
         strings=strings,
         token_id=token_id,
         counts=counts,
-        latency_ms=_ms(event.get("latency_ms"), "latency_ms"),
-        ttft_ms=_ms(event.get("ttft_ms"), "ttft_ms"),
+        latency_ms=_ms(get("latency_ms"), "latency_ms"),
+        ttft_ms=_ms(get("ttft_ms"), "ttft_ms"),
         status=status,
         is_error=is_error,
         tags=_json(tags, "tags", list) if tags else "[]",
         metadata=_json(metadata, "metadata", dict) if metadata else "{}",
-        provided_cost=_cost(event.get("cost")),
+        provided_cost=_cost(get("cost")),
     )
-    if not event.keys().isdisjoint(TEXT_FIELDS) and any(event.get(name) is not None for name in TEXT_FIELDS):
+    if not event.keys().isdisjoint(TEXT_FIELDS) and any(get(name) is not None for name in TEXT_FIELDS):
         row.tokenizer, content = _count_text(ctx, project_id, event, strings, counts)
         row.content = content or None
     return row
@@ -350,15 +354,14 @@ def _event_id(event: Any) -> str:
 def _price(rows: list[Row]) -> None:
     if not rows:
         return
-    catalog = catalog_current()
-    books = PriceBook.for_projects({row.project_id for row in rows}, catalog)
+    version, books = books_current({row.project_id for row in rows})
     for row in rows:
-        book = books[row.project_id]
-        entry = book.resolve(row.strings["model"] or row.strings["deployment"], row.strings["provider"], row.time)
+        strings = row.strings
+        entry = books[row.project_id].resolve(strings["model"] or strings["deployment"], strings["provider"], row.time)
         if entry is None:
             continue
         c = row.counts
-        row.computed_cost = book.cost(
+        row.computed_cost = books[row.project_id].cost(
             entry,
             c["prompt_tokens"],
             c["completion_tokens"],
@@ -367,8 +370,8 @@ def _price(rows: list[Row]) -> None:
             c["reasoning_tokens"],
             row.latency_ms,
         )
-        row.price_entry_id = entry.pk
-        row.catalog_version = catalog.version if entry.catalog_id else None
+        row.price_entry_id = entry.id
+        row.catalog_version = version if entry.catalog_id else None
 
 
 ROLLUP_SUMS = (
@@ -389,19 +392,34 @@ ROLLUP_TABLES = {
     "hour": ("accounting_usagehourly", "usage_hourly_key"),
     "day": ("accounting_usagedaily", "usage_daily_key"),
 }
+ROLLUP_KEY = 'project_id, model, deployment, "user", team, token_id'
+# The inserted rows summed per hour once (a CTE named `hours`); the day rollup sums those few groups again rather
+# than every row.
+HOURS_SQL = (
+    f"SELECT date_trunc('hour', time, 'UTC') AS bucket, {ROLLUP_KEY}, count(*) AS requests, "
+    "count(*) FILTER (WHERE is_error) AS errors, sum(prompt_tokens) AS prompt_tokens, "
+    "sum(completion_tokens) AS completion_tokens, sum(cached_tokens) AS cached_tokens, "
+    "sum(reasoning_tokens) AS reasoning_tokens, coalesce(sum(latency_ms), 0) AS latency_ms_sum, sum(cost) AS cost "
+    "FROM {source} GROUP BY 1, 2, 3, 4, 5, 6, 7"
+)
 
 
-def rollup_upsert_sql(unit: str, source: str) -> str:
-    """INSERT … SELECT … GROUP BY of `source` rows into a rollup table, adding to the sums already there.
+def rollup_upsert_sql(unit: str, hours: str) -> str:
+    """INSERT … SELECT of per-hour sums (`hours`, shaped by HOURS_SQL) into a rollup table, adding to the sums there.
 
     Groups go in key order so concurrent batches lock rollup rows in the same order (no deadlocks)."""
     table, constraint = ROLLUP_TABLES[unit]
+    sums = "requests, errors, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, latency_ms_sum, cost"
+    if unit == "hour":
+        select = f"SELECT bucket, {ROLLUP_KEY}, {sums} FROM {hours}"
+    else:
+        summed = ", ".join(f"sum({name})" for name in sums.split(", "))
+        select = (
+            f"SELECT date_trunc('{unit}', bucket, 'UTC'), {ROLLUP_KEY}, {summed} FROM {hours} "
+            "GROUP BY 1, 2, 3, 4, 5, 6, 7"
+        )
     return (
-        f"INSERT INTO {table} ({ROLLUP_COLUMNS}) "
-        f"SELECT date_trunc('{unit}', time, 'UTC'), project_id, model, deployment, \"user\", team, token_id, "
-        "count(*), count(*) FILTER (WHERE is_error), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
-        f"sum(reasoning_tokens), coalesce(sum(latency_ms), 0), sum(cost) FROM {source} "
-        "GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7 "
+        f"INSERT INTO {table} ({ROLLUP_COLUMNS}) {select} ORDER BY 1, 2, 3, 4, 5, 6, 7 "
         f"ON CONFLICT ON CONSTRAINT {constraint} DO UPDATE SET " + ROLLUP_SUMS.format(t=table)
     )
 
@@ -452,8 +470,9 @@ INSERT_SQL = (
     "FROM staged ON CONFLICT (project_id, event_id) DO NOTHING "
     'RETURNING project_id, event_id, time, model, deployment, "user", team, token_id, prompt_tokens, '
     "completion_tokens, cached_tokens, reasoning_tokens, latency_ms, is_error, cost), "
-    f"hourly AS ({rollup_upsert_sql('hour', 'ins')}), "
-    f"daily AS ({rollup_upsert_sql('day', 'ins')}) "
+    f"hours AS ({HOURS_SQL.format(source='ins')}), "
+    f"hourly AS ({rollup_upsert_sql('hour', 'hours')}), "
+    f"daily AS ({rollup_upsert_sql('day', 'hours')}) "
     "SELECT project_id, event_id FROM ins"
 )
 

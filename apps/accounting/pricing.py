@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 
 from .models import PriceCatalog, PriceEntry
@@ -75,9 +75,12 @@ class PriceBook:
         self._millionths: dict[int, tuple[int | None, ...] | None] = {}
 
     @classmethod
-    def for_projects(cls, project_ids: set[int], catalog: PriceCatalog | None) -> dict[int, PriceBook]:
-        """One book per project from a single query."""
-        entries = _entries_load(catalog, project_ids)
+    def for_projects(
+        cls, project_ids: set[int], catalog: PriceCatalog | None, entries: list[PriceEntry] | None = None
+    ) -> dict[int, PriceBook]:
+        """One book per project from a single query (none when the entries are given)."""
+        if entries is None:
+            entries = _entries_load(catalog, project_ids)
         shared = [e for e in entries if e.project_id is None]
         return {
             project_id: cls(
@@ -124,10 +127,10 @@ class PriceBook:
         Prices have 6 decimals, so in millionths they are whole numbers and so is the cost in picodollars (1e-12);
         the one rounding is cost_compute's, half to even at 1e-10. Prices with more decimals, and sums too large for
         the exactness argument, go through cost_compute itself."""
-        if entry.pk is None:
+        if entry.id is None:  # (id, not pk: pk is a property, and this runs for every event of a batch)
             prices = _millionths(entry)
-        elif (prices := self._millionths.get(entry.pk, _UNSEEN)) is _UNSEEN:
-            prices = self._millionths[entry.pk] = _millionths(entry)
+        elif (prices := self._millionths.get(entry.id, _UNSEEN)) is _UNSEEN:
+            prices = self._millionths[entry.id] = _millionths(entry)
         if prices is None:
             return cost_compute(entry, Tokens(prompt, completion, cached, cache_write, reasoning), latency_ms)
         input_, output, cached_input, cache_write_rate, reasoning_rate, per_request, per_second = prices
@@ -150,6 +153,39 @@ class PriceBook:
         if rest > 50 or (rest == 50 and quanta & 1):
             quanta += 1
         return Decimal(quanta).scaleb(-10)
+
+
+# The entries of the current catalog plus some projects' overrides, as last loaded by this process, under a digest of
+# the rows: id, xmin (the transaction that wrote the row version) and ctid (where that version lies, new with every
+# update, also within one transaction), so any edit, from the admin console, the API or SQL, changes the digest.
+_CACHED_ENTRIES: dict[tuple, list[PriceEntry]] = {}
+_CACHE_LIMIT = 256
+_CURRENT_SQL = """
+    SELECT c.id, c.version, e.digest FROM accounting_pricecatalog c CROSS JOIN LATERAL (
+        SELECT md5(string_agg(id::text || '.' || xmin::text || '.' || ctid::text, ',' ORDER BY id)) AS digest
+        FROM accounting_priceentry WHERE catalog_id = c.id OR project_id = ANY(%s)
+    ) e ORDER BY c.version DESC LIMIT 1
+"""
+
+
+def books_current(project_ids: set[int]) -> tuple[int | None, dict[int, PriceBook]]:
+    """The current catalog's version and a book per project. One small query when nothing changed since this process
+    last loaded the same entries (ingestion prices every batch; reading and building the entries cost more)."""
+    ids = sorted(project_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(_CURRENT_SQL, [ids])
+        found = cursor.fetchone()
+    if found is None:  # no catalog at all: overrides only
+        return None, PriceBook.for_projects(project_ids, None)
+    catalog_id, version, digest = found
+    key = (catalog_id, tuple(ids), digest)
+    entries = _CACHED_ENTRIES.get(key)
+    catalog = PriceCatalog(pk=catalog_id, version=version)
+    if entries is None:
+        if len(_CACHED_ENTRIES) >= _CACHE_LIMIT:
+            _CACHED_ENTRIES.clear()
+        entries = _CACHED_ENTRIES[key] = _entries_load(catalog, ids)
+    return version, PriceBook.for_projects(project_ids, catalog, entries)
 
 
 def _entries_load(catalog: PriceCatalog | None, project_ids) -> list[PriceEntry]:

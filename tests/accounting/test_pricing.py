@@ -130,6 +130,32 @@ def test_changing_a_price_keeps_stored_costs_and_reprice_reports_then_applies(ca
     assert UsageDaily.objects.get().cost == Decimal("0.018")
 
 
+def test_ingestion_prices_with_the_entries_as_they_are_now(catalog, project, admin_user):
+    """Ingestion keeps the price entries between batches: every kind of edit must still reach the next batch,
+    also one made in the same transaction (a row's xmin stays the same there)."""
+
+    def cost_of_next(i: int) -> Decimal:
+        usage_ingest(user=admin_user, events=[event(i)], project=project.slug)
+        return UsageEvent.objects.get(event_id=f"ev-{i}").computed_cost
+
+    assert cost_of_next(0) == Decimal("0.003")
+    entry = PriceEntry.objects.get(catalog=catalog, model_pattern="gpt-4o*")
+    entry.input_per_million = Decimal("4")
+    entry.save()  # as the admin console does
+    assert cost_of_next(1) == Decimal("0.005")
+    PriceEntry.objects.filter(pk=entry.pk).update(output_per_million=Decimal("20"))  # no updated_at bump
+    assert cost_of_next(2) == Decimal("0.006")
+    services.price_override_create(
+        user=admin_user, project=project, model_pattern="gpt-4o", input_per_million=Decimal(1),
+        effective_from=T0 - datetime.timedelta(days=1),
+    )  # fmt: skip
+    assert cost_of_next(3) == Decimal("0.001")
+    PriceCatalog.objects.create(version=101)  # a newer, empty catalog: only the override prices now
+    assert cost_of_next(4) == Decimal("0.001")
+    PriceEntry.objects.filter(project=project).update(effective_to=T0 - datetime.timedelta(hours=1))
+    assert cost_of_next(5) is None
+
+
 def test_raw_events_past_retention_are_pruned_and_rollups_stay(settings, catalog, project, admin_user):
     from django.utils import timezone
 
