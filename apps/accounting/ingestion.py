@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import psycopg
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from apps.core.models import Project
@@ -527,7 +527,7 @@ def _write(rows: list[Row]) -> set[tuple[int, str]]:
         return set(cursor.fetchall())
 
 
-def usage_ingest(*, user, events: list, project: str | None = None) -> IngestResult:
+def usage_ingest(*, user, events: list, project: str | None = None, _retry: bool = False) -> IngestResult:
     """Validate, price and store a batch of usage events; malformed ones are rejected one by one.
 
     `user` None is the system (the gateway's usage records): every project is writable.
@@ -558,8 +558,15 @@ def usage_ingest(*, user, events: list, project: str | None = None) -> IngestRes
         seen.add(key)
         rows.append(row)
     _price(rows)
-    with transaction.atomic():
-        new = _write(rows)
+    try:
+        with transaction.atomic():
+            new = _write(rows)
+    except IntegrityError:
+        if _retry:
+            raise
+        # A project of the batch was deleted since it was looked up (its rollups' key refused the batch at commit):
+        # once more, so that project's events are rejected one by one and the others stored.
+        return usage_ingest(user=user, events=events, project=project, _retry=True)
     for row in rows:
         (result.accepted if (row.project_id, row.event_id) in new else result.duplicates).append(row.event_id)
     return result

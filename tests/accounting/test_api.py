@@ -1,13 +1,17 @@
 import datetime
 import json
+import threading
 from decimal import Decimal
 
 import pytest
+from django.db import connection, connections
 from django.db.models import Count, Sum
 
+from apps.accounting.ingestion import usage_ingest
 from apps.accounting.models import AccountingSettings, UsageDaily, UsageEvent, UsageHourly
-from apps.core.models import Role
+from apps.core.models import Project, Role
 
+from ..factories import MembershipFactory, ProjectFactory
 from .conftest import T0, event
 
 pytestmark = pytest.mark.django_db
@@ -189,3 +193,39 @@ def test_token_count_and_compare(catalog, project, writer):
         assert response.status_code == 400, bad
     read_only = writer  # counting changes nothing: any signed-in caller may
     assert read_only.get("/api/v1/accounting/tokens/compare").status_code == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_never_outlive_their_project(catalog, project, admin_user):
+    """Events have no per-row key check on their project: the rollups' keys refuse a batch whose project was deleted
+    after it was looked up, and the batch is taken once more, its events now rejected as of an unknown project."""
+    other = ProjectFactory(organization=project.organization, slug="gamma")
+    MembershipFactory(project=other, user=admin_user, role=Role.ADMIN)
+    deleted = []
+
+    def delete_before_the_write(execute, sql, params, many, context):
+        if "CROSS JOIN LATERAL" in sql and not deleted:  # pricing the batch: after its projects were looked up
+            deleted.append(project.pk)  # from another connection, committed, as another request would
+            worker = threading.Thread(
+                target=lambda: (Project.objects.filter(pk=project.pk).delete(), connections.close_all())
+            )
+            worker.start()
+            worker.join()
+        return execute(sql, params, many, context)
+
+    batch = [event(0), event(1, project=other.slug)]
+    with connection.execute_wrapper(delete_before_the_write):
+        result = usage_ingest(user=admin_user, events=batch, project=project.slug)
+    assert deleted == [project.pk]
+    assert result.accepted == ["ev-1"]
+    assert [r["reason"] for r in result.rejected] == ["project: no project 'alpha'."]
+    assert not UsageEvent.objects.filter(project_id=project.pk).exists()
+    assert not UsageDaily.objects.filter(project_id=project.pk).exists()
+
+
+def test_deleting_a_project_deletes_its_events(catalog, project, writer):
+    writer.post("/api/v1/accounting/usage/events", {"project": project.slug, "events": [event(0)]}, format="json")
+    assert UsageEvent.objects.filter(project=project).count() == 1
+    project_id = project.pk
+    project.delete()
+    assert not UsageEvent.objects.filter(project_id=project_id).exists()
