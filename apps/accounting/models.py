@@ -122,7 +122,12 @@ class UsageEvent(models.Model):
     provided_cost = models.DecimalField(null=True, blank=True, **MONEY)
     computed_cost = models.DecimalField(null=True, blank=True, **MONEY)
     cost = models.DecimalField(default=Decimal(0), help_text="Provided cost if given, else computed.", **MONEY)
-    price_entry = models.ForeignKey(PriceEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # Which entry priced the event, for the record. Not checked by the database either: each row's check locked its
+    # entry (FOR KEY SHARE), and concurrent batches priced by the same entries queued on those locks. Deleting an
+    # entry that priced events is still refused (PROTECT, by Django; overrides also by price_override_delete).
+    price_entry = models.ForeignKey(
+        PriceEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
     catalog_version = models.PositiveIntegerField(null=True, blank=True)
     tokenizer = models.CharField(max_length=100, blank=True, help_text="Which tokenizer counted text; empty: given.")
     content = models.JSONField(null=True, blank=True, help_text="Text sent with the event, if the project keeps it.")
