@@ -3,6 +3,8 @@ import random
 from decimal import Decimal, InvalidOperation
 
 import pytest
+from django.core.exceptions import ValidationError
+from django.db.models import ProtectedError
 
 from apps.accounting import services
 from apps.accounting.ingestion import usage_ingest
@@ -168,3 +170,21 @@ def test_raw_events_past_retention_are_pruned_and_rollups_stay(settings, catalog
     assert usage_events_prune(now=now) == 1
     assert list(UsageEvent.objects.values_list("event_id", flat=True)) == ["ev-2"]
     assert sum(UsageDaily.objects.values_list("requests", flat=True)) == 2
+
+
+def test_a_price_that_priced_stored_events_cannot_be_deleted(catalog, project, admin_user):
+    """The database does not check events' price references (ingestion speed); Django's PROTECT and the service do."""
+    used, unused = (
+        services.price_override_create(
+            user=admin_user, project=project, model_pattern=name, input_per_million=Decimal(1), effective_from=T0
+        )
+        for name in ("gpt-4o", "o3")
+    )
+    usage_ingest(user=admin_user, events=[event(0)], project=project.slug)
+    assert UsageEvent.objects.get().price_entry_id == used.pk
+    with pytest.raises(ValidationError):
+        services.price_override_delete(user=admin_user, entry=used)
+    with pytest.raises(ProtectedError):
+        used.delete()  # as the admin console would
+    services.price_override_delete(user=admin_user, entry=unused)
+    assert set(PriceEntry.objects.filter(project=project)) == {used}
