@@ -1,8 +1,9 @@
 """Usage accounting: batch ingestion throughput over HTTP, and summaries from rollups against raw events.
 
 (a) A real uvicorn server (2 workers) and 3 client threads on the same machine post batches of 1,000 events for
-BENCH_INGEST_SECONDS (20) after a 5 s warm-up; the same batches through the ingestion service directly are the
-reference.
+BENCH_INGEST_SECONDS (20) after a 5 s warm-up. References: the same batches through the ingestion service directly,
+and the baseline the issue names, MLflow's tracking server (2 workers, same PostgreSQL) taking batches of 1,000
+metrics from the same clients for the same time.
 (b) BENCH_EVENTS (10,000,000) raw events are generated in SQL (generate_series) and the daily rollup is built with
 one INSERT … SELECT … GROUP BY; then the p50 of a 30-day summary by model from the rollup next to the same query
 over the raw events.
@@ -10,14 +11,18 @@ over the raw events.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -30,7 +35,7 @@ from apps.accounting.models import UsageDaily, UsageEvent
 from apps.accounting.rollups import summarize
 from apps.core.models import Membership, Organization, Project, Role
 from apps.core.services import api_token_create
-from controlplane.devstack import free_port, wait_for_port
+from controlplane.devstack import free_port
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "10000000"))
 INGEST_SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "20"))
@@ -40,7 +45,8 @@ CLIENTS = 3
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "claude-3-5-sonnet-20241022", "o3-mini"]
 _ids = itertools.count()
-ID_SLOT = b"@" * 12  # where each HTTP batch gets its own id prefix
+SLOT = b"@" * 12  # where each HTTP batch of events gets its own id prefix
+STEP_SLOT = "9" * 12  # the same for the steps of an MLflow batch
 
 
 def _batch(project: str) -> dict:
@@ -69,27 +75,30 @@ def _batch(project: str) -> dict:
     }
 
 
-def _http_ingest(base: str, token: str) -> float:
-    """CLIENTS threads post batches; returns events stored per second over INGEST_SECONDS after WARMUP_SECONDS.
+def _post_for(url: str, headers: dict, template: bytes, slot: bytes, counted: int) -> float:
+    """CLIENTS threads post `template` for INGEST_SECONDS after WARMUP_SECONDS; returns rows stored per second.
 
-    The warm-up is not counted: both workers open their pooled connections and fill their caches. The load generator
-    must stay cheap next to the server on the same two cores: one batch is encoded once, and each request only swaps
-    in a fresh id prefix (bytes.replace), so every event is new and none is a duplicate."""
-    template = orjson.dumps(_batch("acct-bench")).replace(b'"b-', b'"' + ID_SLOT + b"-")
-    prefixes = itertools.count()
+    The warm-up is not counted: the server's workers open their connections and fill their caches. The load
+    generator must stay cheap next to the server on the same two cores: the body is encoded once, and each request
+    only swaps a fresh number into `slot` (bytes.replace), so every row is new and none is a duplicate."""
+    numbers = itertools.count(10**11)  # 12 digits, none leading with 0 (a JSON number cannot)
 
     def phase(seconds: float) -> float:
         stop = time.monotonic() + seconds
         counts = [0] * CLIENTS
 
+        errors: list[Exception] = []
+
         def client(n: int) -> None:
             session = requests.Session()
-            session.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-            while time.monotonic() < stop:
-                body = template.replace(ID_SLOT, b"h%011d" % next(prefixes))
-                response = session.post(f"{base}/api/v1/accounting/usage/events", data=body)
-                response.raise_for_status()
-                counts[n] += response.json()["counts"]["accepted"]
+            session.headers.update({**headers, "Content-Type": "application/json"})
+            try:
+                while time.monotonic() < stop:
+                    response = session.post(url, data=template.replace(slot, b"%d" % next(numbers)))
+                    response.raise_for_status()
+                    counts[n] += counted
+            except Exception as exc:  # a failed request fails the benchmark, not just its thread
+                errors.append(exc)
 
         started = time.perf_counter()
         threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
@@ -97,10 +106,73 @@ def _http_ingest(base: str, token: str) -> float:
             thread.start()
         for thread in threads:
             thread.join()
+        if errors:
+            raise errors[0]
         return sum(counts) / (time.perf_counter() - started)
 
     phase(WARMUP_SECONDS)
     return phase(INGEST_SECONDS)
+
+
+@contextlib.contextmanager
+def _server(command: list[str], probe: str) -> Iterator[None]:
+    """A server process group (MLflow's also starts job consumers), stopped with all its children."""
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(probe, timeout=2).status_code < 500:
+                    break
+            except requests.ConnectionError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command[:3]} did not start")
+            time.sleep(0.5)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _http_ingest(token: str) -> float:
+    """Usage events per second through POST /api/v1/accounting/usage/events (uvicorn, 2 workers)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--port", str(port),
+               "--log-level", "warning", "--workers", "2", "--no-access-log"]  # fmt: skip
+    template = orjson.dumps(_batch("acct-bench")).replace(b'"b-', b'"' + SLOT + b"-")
+    with _server(command, f"{base}/api/v1/"):
+        return _post_for(
+            f"{base}/api/v1/accounting/usage/events", {"Authorization": f"Bearer {token}"}, template, SLOT, BATCH
+        )
+
+
+def _mlflow_log_batch(work: Path) -> float:
+    """The baseline the issue names: metric rows per second through MLflow's own tracking server (the installed
+    mlflow, 2 workers, on the same PostgreSQL) and its batch endpoint, 1,000 metrics a request: 10 metrics over
+    100 steps, as a training loop logs them."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+               os.environ["MLFLOW_BACKEND_STORE_URI"], "--default-artifact-root", str(work / "mlflow-artifacts"),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]  # fmt: skip
+    with _server(command, f"http://127.0.0.1:{port}/health"):
+        experiment = requests.post(f"{api}/experiments/create", json={"name": f"bench-{time.time_ns()}"}).json()
+        run = requests.post(f"{api}/runs/create", json={"experiment_id": experiment["experiment_id"]}).json()
+        now = int(time.time() * 1000)
+        # Steps are STEP_SLOT followed by two digits; each request swaps in its own number: steps n × 100 + 0..99.
+        metrics = [
+            {"key": f"loss_{i % 10}", "value": i / 7, "timestamp": now, "step": int(f"{STEP_SLOT}{i // 10:02d}")}
+            for i in range(BATCH)
+        ]
+        template = orjson.dumps({"run_id": run["run"]["info"]["run_id"], "metrics": metrics})
+        return _post_for(f"{api}/runs/log-batch", {}, template, STEP_SLOT.encode(), BATCH)
 
 
 def _direct_ingest(user, batches: int = 20) -> float:
@@ -175,18 +247,9 @@ def run() -> dict:
     _, token = api_token_create(user=user, name="bench", scopes=["read", "write"])
 
     direct = _direct_ingest(user)
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--port", str(port), "--log-level",
-         "warning", "--workers", "2", "--no-access-log"],
-        cwd=ROOT,
-    )  # fmt: skip
-    try:
-        wait_for_port(port, timeout=60)
-        http = _http_ingest(f"http://127.0.0.1:{port}", token)
-    finally:
-        server.terminate()
-        server.wait(20)
+    http = _http_ingest(token)
+    with tempfile.TemporaryDirectory() as work:
+        mlflow_rows = _mlflow_log_batch(Path(work))
     stored = UsageEvent.objects.filter(project=project).count()
 
     generate_s = _generate(summary_project.pk)
@@ -201,6 +264,9 @@ def run() -> dict:
     return {
         "ingest_http_events_per_s (uvicorn 2 workers, 3 clients, batches of 1000)": round(http),
         "ingest_direct_service_events_per_s (1 thread)": round(direct),
+        "baseline_mlflow_log_batch_metric_rows_per_s (tracking server, 2 workers, 3 clients, batches of 1000)": round(
+            mlflow_rows
+        ),
         "events_stored_by_ingestion": stored,
         "summary_events": EVENTS,
         "summary_rollup_rows": UsageDaily.objects.filter(project=summary_project).count(),
