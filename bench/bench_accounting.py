@@ -75,8 +75,9 @@ def _batch(project: str) -> dict:
     }
 
 
-def _post_for(url: str, headers: dict, template: bytes, slot: bytes, counted: int) -> float:
-    """CLIENTS threads post `template` for INGEST_SECONDS after WARMUP_SECONDS; returns rows stored per second.
+def _post_for(url: str, headers: dict, templates: list[bytes], slot: bytes, counted: int) -> float:
+    """CLIENTS threads post their template (client n: templates[n % len]) for INGEST_SECONDS after WARMUP_SECONDS;
+    returns rows stored per second.
 
     The warm-up is not counted: the server's workers open their connections and fill their caches. The load
     generator must stay cheap next to the server on the same two cores: the body is encoded once, and each request
@@ -92,6 +93,7 @@ def _post_for(url: str, headers: dict, template: bytes, slot: bytes, counted: in
         def client(n: int) -> None:
             session = requests.Session()
             session.headers.update({**headers, "Content-Type": "application/json"})
+            template = templates[n % len(templates)]
             try:
                 while time.monotonic() < stop:
                     response = session.post(url, data=template.replace(slot, b"%d" % next(numbers)))
@@ -149,14 +151,14 @@ def _http_ingest(token: str) -> float:
     template = orjson.dumps(_batch("acct-bench")).replace(b'"b-', b'"' + SLOT + b"-")
     with _server(command, f"{base}/api/v1/"):
         return _post_for(
-            f"{base}/api/v1/accounting/usage/events", {"Authorization": f"Bearer {token}"}, template, SLOT, BATCH
+            f"{base}/api/v1/accounting/usage/events", {"Authorization": f"Bearer {token}"}, [template], SLOT, BATCH
         )
 
 
 def _mlflow_log_batch(work: Path) -> float:
     """The baseline the issue names: metric rows per second through MLflow's own tracking server (the installed
     mlflow, 2 workers, on the same PostgreSQL) and its batch endpoint, 1,000 metrics a request: 10 metrics over
-    100 steps, as a training loop logs them."""
+    100 steps, as a training loop logs them, each client into its own run."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
@@ -164,15 +166,17 @@ def _mlflow_log_batch(work: Path) -> float:
                "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]  # fmt: skip
     with _server(command, f"http://127.0.0.1:{port}/health"):
         experiment = requests.post(f"{api}/experiments/create", json={"name": f"bench-{time.time_ns()}"}).json()
-        run = requests.post(f"{api}/runs/create", json={"experiment_id": experiment["experiment_id"]}).json()
         now = int(time.time() * 1000)
         # Steps are STEP_SLOT followed by two digits; each request swaps in its own number: steps n × 100 + 0..99.
         metrics = [
             {"key": f"loss_{i % 10}", "value": i / 7, "timestamp": now, "step": int(f"{STEP_SLOT}{i // 10:02d}")}
             for i in range(BATCH)
         ]
-        template = orjson.dumps({"run_id": run["run"]["info"]["run_id"], "metrics": metrics})
-        return _post_for(f"{api}/runs/log-batch", {}, template, STEP_SLOT.encode(), BATCH)
+        templates = []
+        for _ in range(CLIENTS):
+            run = requests.post(f"{api}/runs/create", json={"experiment_id": experiment["experiment_id"]}).json()
+            templates.append(orjson.dumps({"run_id": run["run"]["info"]["run_id"], "metrics": metrics}))
+        return _post_for(f"{api}/runs/log-batch", {}, templates, STEP_SLOT.encode(), BATCH)
 
 
 def _direct_ingest(user, batches: int = 20) -> float:
