@@ -172,11 +172,11 @@ def _cost(value: Any) -> Decimal | None:
 def _status(value: Any) -> tuple[str, bool]:
     if value is None:
         return "ok", False
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1000:
         return str(value), not 100 <= value < 400
     if not isinstance(value, str) or not value or len(value) > 20:
         raise Rejected("status: give a string of 1–20 characters or an HTTP status code.")
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # (isdigit alone also takes digits int() refuses, such as "²")
         return value, not 100 <= int(value) < 400
     return value, value.lower() not in OK_STATUSES
 
@@ -536,8 +536,12 @@ def usage_ingest(*, user, events: list, project: str | None = None, _retry: bool
         raise Rejected("events: give a list of events.")
     if len(events) > settings.ACCOUNTING_MAX_BATCH:
         raise Rejected(f"events: at most {settings.ACCOUNTING_MAX_BATCH} events per request.")
-    slugs = {e.get("project", project) for e in events if isinstance(e, dict)} | ({project} if project else set())
-    ctx = _Context(user, {s for s in slugs if isinstance(s, str)}, timezone.now())
+    slugs = {project} if isinstance(project, str) else set()
+    for event in events:
+        slug = event.get("project", project) if isinstance(event, dict) else None
+        if isinstance(slug, str):  # anything else (a list, an object) is that event's own error
+            slugs.add(slug)
+    ctx = _Context(user, slugs, timezone.now())
     result = IngestResult()
     rows: list[Row] = []
     seen: set[tuple[int, str]] = set()

@@ -47,6 +47,25 @@ def test_malformed_events_are_rejected_one_by_one_and_the_rest_stored(catalog, p
     assert seven.catalog_version == catalog.version and seven.price_entry.model_pattern == "gpt-4o*"
 
 
+def test_events_with_values_of_the_wrong_shape_are_rejected_not_a_500(catalog, project, writer):
+    """Values a fuzzer sent: a project that is a list or an object, status codes no HTTP status is, digits int()
+    cannot read."""
+    events = [
+        event(1, project=[]),
+        event(2, project={"slug": "alpha"}),
+        event(3, status=10**30),
+        event(4, status=-(2**70)),
+        event(5, status="²"),
+        event(6, status=0),
+    ]
+    response = writer.post(URL, {"project": "alpha", "events": events}, format="json")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["accepted"] == ["ev-5", "ev-6"]
+    assert [r["index"] for r in body["rejected"]] == [0, 1, 2, 3]
+    assert set(UsageEvent.objects.values_list("status", "is_error")) == {("²", True), ("0", True)}
+
+
 def test_the_same_batch_twice_is_stored_and_counted_once(catalog, project, writer):
     batch = {"project": "alpha", "events": [event(i) for i in range(50)] + [event(0)]}
     first = writer.post(URL, batch, format="json").json()
