@@ -286,9 +286,9 @@ def _check_registry_tokenizer(ctx: _Context, project_id: int, name: str) -> None
     """A tokenizer named by an event must belong to a version of the event's own project."""
     from apps.registry.models import ModelVersion
 
-    raw = name[len(tokenizers.REGISTRY_PREFIX) :]
-    if not raw.isdigit() or not ModelVersion.objects.filter(pk=int(raw), model__project_id=project_id).exists():
-        raise Rejected(f"tokenizer: no registered version '{raw}' in this project.")
+    version_id = tokenizers.registry_version_id(name)
+    if version_id is None or not ModelVersion.objects.filter(pk=version_id, model__project_id=project_id).exists():
+        raise Rejected(f"tokenizer: no registered version '{name[len(tokenizers.REGISTRY_PREFIX) :]}' in this project.")
 
 
 def _row(ctx: _Context, event: Any, default_project: str | None) -> Row:

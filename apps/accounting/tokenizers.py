@@ -130,13 +130,22 @@ def _registry_counter(version_id: int) -> Counter:
     return Counter(name=f"{REGISTRY_PREFIX}{version_id}", encode_len=encode_len, chat_len=chat_len)
 
 
+def registry_version_id(name: str) -> int | None:
+    """The version id of a `registry:<id>` tokenizer name, or None when the rest is not an id (ASCII digits only:
+    str.isdigit also takes digits int() refuses, such as "²")."""
+    raw = name[len(REGISTRY_PREFIX) :]
+    if name.startswith(REGISTRY_PREFIX) and raw.isascii() and raw.isdigit() and 0 < int(raw) < 2**63:
+        return int(raw)
+    return None
+
+
 def counter_get(name: str) -> Counter:
     if name.startswith(REGISTRY_PREFIX):
-        raw = name[len(REGISTRY_PREFIX) :]
-        if not raw.isdigit() or not 0 < int(raw) < 2**63:
+        version_id = registry_version_id(name)
+        if version_id is None:
             raise TokenizerUnavailable(f"'{name}' is not registry:<version id>.")
         with _registry_lock:
-            return _registry_counter(int(raw))
+            return _registry_counter(version_id)
     return _openai_counter(name)
 
 

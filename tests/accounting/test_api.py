@@ -66,6 +66,18 @@ def test_events_with_values_of_the_wrong_shape_are_rejected_not_a_500(catalog, p
     assert set(UsageEvent.objects.values_list("status", "is_error")) == {("²", True), ("0", True)}
 
 
+def test_version_numbers_in_digits_int_cannot_read_are_a_400(catalog, project, writer):
+    """str.isdigit() is True for "²", which int() refuses: each place that reads a number from text says 400."""
+    count = writer.post("/api/v1/accounting/tokens/count", {"text": "hi", "tokenizer": "registry:²"}, format="json")
+    assert count.status_code == 400 and "tokenizer" in count.json()["error"]["details"]
+    for version in ("²", "99999999999999999999"):
+        prices = writer.get("/api/v1/accounting/prices/", {"catalog_version": version})
+        assert prices.status_code == 400 and "catalog_version" in prices.json()["error"]["details"]
+    batch = {"project": "alpha", "events": [event(1, input_text="hi", tokenizer="registry:²")]}
+    rejected = writer.post(URL, batch, format="json").json()["error"]["details"]["rejected"]
+    assert rejected[0]["reason"] == "tokenizer: no registered version '²' in this project."
+
+
 def test_the_same_batch_twice_is_stored_and_counted_once(catalog, project, writer):
     batch = {"project": "alpha", "events": [event(i) for i in range(50)] + [event(0)]}
     first = writer.post(URL, batch, format="json").json()

@@ -177,6 +177,16 @@ def test_detail_shows_revisions_traffic_manifest_timeline_and_snippets(project, 
     assert "Set traffic" not in page and "New revision" not in page and "Promote" not in page
 
 
+def test_manifest_download_refuses_revision_numbers_that_are_not_numbers(project, two_ready, viewer, login):
+    two_ready.revisions.filter(number=2).update(manifest="kind: InferenceService\n")
+    client = login(viewer)
+    url = f"/api/v1/deployments/{two_ready.pk}/manifest/"
+    assert client.get(url, {"revision": "2"}).status_code == 200
+    for raw in ("²", "x", "99999999999999999999"):  # "²".isdigit() is True, int("²") fails
+        response = client.get(url, {"revision": raw})
+        assert response.status_code == 400 and "revision" in response.json()["error"]["details"]
+
+
 def test_embedding_deployment_shows_the_embeddings_snippet(project, two_ready, viewer, login):
     two_ready.revisions.update(task="embed")
     page = login(viewer).get(reverse("deployment-detail", args=["alpha", two_ready.pk])).content.decode()

@@ -160,10 +160,12 @@ def _counter_for(request, *, tokenizer: str | None, model: str | None) -> tokeni
     if name is None:
         raise ValidationError({"tokenizer": [f"No tokenizer known for model '{model}'; name one."]})
     if name.startswith(tokenizers.REGISTRY_PREFIX):
-        raw = name[len(tokenizers.REGISTRY_PREFIX) :]
+        version_id = tokenizers.registry_version_id(name)
         visible = restrict(ModelVersion.objects.filter(deleted_at__isnull=True), request.user, Action.VIEW)
-        if not raw.isdigit() or not 0 < int(raw) < 2**63 or not visible.filter(pk=int(raw)).exists():
-            raise ValidationError({"tokenizer": [f"No registered version '{raw}'."]})
+        if version_id is None or not visible.filter(pk=version_id).exists():
+            raise ValidationError(
+                {"tokenizer": [f"No registered version '{name[len(tokenizers.REGISTRY_PREFIX) :]}'."]}
+            )
     try:
         return tokenizers.counter_get(name)
     except tokenizers.TokenizerUnavailable as exc:
@@ -256,7 +258,7 @@ class PriceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseViewSet
 
     def selector(self):
         raw = self.request.query_params.get("catalog_version")
-        if raw is not None and not raw.isdigit():
+        if raw is not None and not (raw.isascii() and raw.isdigit() and int(raw) < 2**31):
             raise ValidationError({"catalog_version": ["Give a catalog version number."]})
         return selectors.price_list(user=self.request.user, catalog_version=int(raw) if raw else None)
 

@@ -137,7 +137,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseVi
         raw = request.query_params.get("revision")
         revisions = deployment.revisions.all()
         if raw is not None:
-            if not raw.isdigit():
+            if not (raw.isascii() and raw.isdigit() and int(raw) < 2**31):  # (isdigit alone also takes "²")
                 raise ValidationError({"revision": ["Give a revision number."]})
             revisions = revisions.filter(number=int(raw))
         revision = revisions.order_by("-number").first()
