@@ -15,6 +15,8 @@ from pathlib import Path
 
 import bpe_openai
 
+from apps.core.numbers import whole_number
+
 REGISTRY_PREFIX = "registry:"
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -131,12 +133,10 @@ def _registry_counter(version_id: int) -> Counter:
 
 
 def registry_version_id(name: str) -> int | None:
-    """The version id of a `registry:<id>` tokenizer name, or None when the rest is not an id (ASCII digits only:
-    str.isdigit also takes digits int() refuses, such as "²")."""
-    raw = name[len(REGISTRY_PREFIX) :]
-    if name.startswith(REGISTRY_PREFIX) and raw.isascii() and raw.isdigit() and 0 < int(raw) < 2**63:
-        return int(raw)
-    return None
+    """The version id of a `registry:<id>` tokenizer name, or None when the rest is not an id."""
+    if not name.startswith(REGISTRY_PREFIX):
+        return None
+    return whole_number(name[len(REGISTRY_PREFIX) :], upper=2**63) or None  # ids start at 1
 
 
 def counter_get(name: str) -> Counter:

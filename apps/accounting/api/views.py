@@ -18,6 +18,7 @@ from apps.core.api.errors import error_response
 from apps.core.api.parsers import FastJSONParser, JSONParser
 from apps.core.api.views import BaseViewSet
 from apps.core.models import Project
+from apps.core.numbers import whole_number
 from apps.core.permissions import Action, PermissionDenied, restrict
 from apps.core.selectors import project_for_user
 from apps.registry.models import ModelVersion
@@ -258,9 +259,10 @@ class PriceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseViewSet
 
     def selector(self):
         raw = self.request.query_params.get("catalog_version")
-        if raw is not None and not (raw.isascii() and raw.isdigit() and int(raw) < 2**31):
+        version = None if raw is None else whole_number(raw, upper=2**31)
+        if raw is not None and version is None:
             raise ValidationError({"catalog_version": ["Give a catalog version number."]})
-        return selectors.price_list(user=self.request.user, catalog_version=int(raw) if raw else None)
+        return selectors.price_list(user=self.request.user, catalog_version=version)
 
     def get_object(self):
         entry = super().get_object()

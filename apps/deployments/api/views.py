@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 
 from apps.core.api.parsers import JSONParser
 from apps.core.api.views import BaseViewSet
+from apps.core.numbers import whole_number
 from apps.core.permissions import Action
 
 from .. import filters, selectors, services
@@ -137,9 +138,10 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, BaseVi
         raw = request.query_params.get("revision")
         revisions = deployment.revisions.all()
         if raw is not None:
-            if not (raw.isascii() and raw.isdigit() and int(raw) < 2**31):  # (isdigit alone also takes "²")
+            number = whole_number(raw, upper=2**31)
+            if number is None:
                 raise ValidationError({"revision": ["Give a revision number."]})
-            revisions = revisions.filter(number=int(raw))
+            revisions = revisions.filter(number=number)
         revision = revisions.order_by("-number").first()
         if revision is None or not revision.manifest:
             raise ValidationError({"revision": ["No manifest: no such revision, or an external upstream."]})
