@@ -15,7 +15,6 @@ import contextlib
 import datetime
 import itertools
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from apps.accounting.models import UsageDaily, UsageEvent
 from apps.accounting.rollups import summarize
 from apps.core.models import Membership, Organization, Project, Role
 from apps.core.services import api_token_create
-from controlplane.devstack import free_port
+from controlplane.devstack import free_port, stop_group
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "10000000"))
 INGEST_SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "20"))
@@ -133,13 +132,7 @@ def _server(command: list[str], probe: str) -> Iterator[None]:
             time.sleep(0.5)
         yield
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 def _http_ingest(token: str) -> float:

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from apps.core.models import Membership, Organization, Project, Role
 from apps.core.services import api_token_create
 from apps.deployments import services, targets
 from apps.deployments.models import State
-from controlplane.devstack import free_port, spawn
+from controlplane.devstack import free_port, spawn, stop_group
 
 C1_REQUESTS = int(os.environ.get("BENCH_GW_C1_REQUESTS", "2000"))
 C1_MAX_SECONDS = 30.0  # a slow path (LiteLLM) stops early rather than stretch the run
@@ -79,13 +78,7 @@ def _server(name: str, command: list[str], probe: str, *, env: dict[str, str], t
         _wait_http(probe, process, log, timeout)
         yield
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 def _load(url: str, key: str, model: str, concurrency: int) -> dict:

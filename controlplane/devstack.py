@@ -53,6 +53,18 @@ def spawn(command: list[str], *, log: Path, env: dict[str, str] | None = None) -
         )
 
 
+def stop_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a process started in its own session (spawn) with all its children: SIGTERM, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class Postgres:
     """A PostgreSQL server on 127.0.0.1 with the data directory `data_dir` (created on first start)."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from django.db import connection
+
+from controlplane.devstack import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,12 +57,7 @@ def _process(command: list[str], env: dict[str, str], probe: str) -> Iterator[su
         _wait_http(probe, process)
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process, timeout=15)
 
 
 @contextlib.contextmanager
