@@ -356,12 +356,12 @@ def _price(rows: list[Row]) -> None:
         return
     version, books = books_current({row.project_id for row in rows})
     for row in rows:
-        strings = row.strings
-        entry = books[row.project_id].resolve(strings["model"] or strings["deployment"], strings["provider"], row.time)
+        strings, book = row.strings, books[row.project_id]
+        entry = book.resolve(strings["model"] or strings["deployment"], strings["provider"], row.time)
         if entry is None:
             continue
         c = row.counts
-        row.computed_cost = books[row.project_id].cost(
+        row.computed_cost = book.cost(
             entry,
             c["prompt_tokens"],
             c["completion_tokens"],
